@@ -1,0 +1,152 @@
+"""
+The contract between the listeners (TCP forwarders, OpenAI API, management API)
+and the supervisor that owns every model service.
+
+Listeners never start, stop or signal processes: they ask an ``IBackends`` for a
+running backend and report, through the ``ILease`` they get, when they are done
+with it.  The supervisor never touches a client socket.
+
+This module imports nothing from lmproxy, so every layer can depend on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+# Service states, as /status reports them.
+STOPPED = "stopped"
+WAITING_FOR_RESOURCES = "waiting_for_resources"
+STARTING = "starting"
+RUNNING = "running"
+STOPPING = "stopping"
+
+
+class UnknownService(KeyError):
+    """No service has this name (or, for the OpenAI API, this model id)."""
+
+
+class ServiceUnavailable(Exception):
+    """
+    A client cannot be given a backend: the start failed, the wait for
+    resources timed out, the connection to a running backend failed, or lmproxy
+    is shutting down.  ``str(exc)`` is a message fit to show a client.
+    """
+
+
+class ServiceBusy(Exception):
+    """A stop was asked for a service that has proxied connections."""
+
+
+class ILease(Interface):
+    """
+    One client's use of a running backend.  While a lease is held, its service
+    counts one proxied connection and is never stopped to free resources.
+    """
+
+    host = Attribute("Address to connect to (an IP address string).")
+    port = Attribute("TCP port to connect to (int).")
+    service = Attribute("Name of the service (str).")
+
+    def release() -> None:
+        """
+        The client is done: stop counting it.  Idempotent.  Refreshes the
+        service's last-used time and re-arms its idle timer.
+        """
+
+    def reconnect() -> Deferred[ILease]:
+        """
+        Connecting to ``host:port`` failed.  Releases this lease.  If the
+        service has RestartOnConnectionFailure, restart it (one restart shared
+        by every client that asks) and fire with a new lease; otherwise fail
+        with L{ServiceUnavailable}.
+        """
+
+
+class IStatusObserver(Interface):
+    """Told about changes of the supervisor's state, for live views and metrics."""
+
+    def status_changed(snapshot: Snapshot) -> None:
+        """A service's state, connection counts or a resource changed."""
+
+    def start_finished(service: str, seconds: float, succeeded: bool) -> None:
+        """A start attempt of ``service`` ended after ``seconds``."""
+
+    def service_evicted(service: str) -> None:
+        """``service`` was stopped to free resources for another one."""
+
+
+class IBackends(Interface):
+    """What the supervisor offers the listeners."""
+
+    def acquire(service: str) -> Deferred[ILease]:
+        """
+        Get a running backend of ``service``, starting it (and evicting idle
+        services) if needed.  Until the Deferred fires, the caller counts as a
+        waiting connection; cancelling the Deferred (the client left) drops it
+        at once and never cancels a start that other clients share.
+
+        Fails with L{UnknownService} or L{ServiceUnavailable}.
+        """
+
+    def start(service: str) -> Deferred[None]:
+        """
+        Management action: start ``service`` as a client would, firing once it
+        is running (or failing with L{ServiceUnavailable}).  Holds no lease.
+        """
+
+    def stop(service: str, force: bool) -> Deferred[None]:
+        """
+        Management action: stop ``service``, firing once it is stopped.  Fails
+        with L{ServiceBusy} when it has proxied connections and not ``force``.
+        """
+
+    def snapshot() -> Snapshot:
+        """The state of every service and resource at this instant."""
+
+    def subscribe(observer: IStatusObserver) -> Callable[[], None]:
+        """Tell ``observer`` about changes; call the result to unsubscribe."""
+
+
+@frozen
+class ServiceStatus:
+    """One service as /status shows it."""
+
+    name: str
+    listen_port: int | None
+    status: str
+    waiting_connections: int
+    proxied_connections: int
+    last_used: float | None  # POSIX seconds
+    service_url: str | None
+    resource_requirements: Mapping[str, int]
+    openai_models: tuple[str, ...]
+    pid: int | None
+    starts: int
+    failed_starts: int
+    evictions: int
+
+
+@frozen
+class ResourceStatus:
+    """One resource as /status shows it."""
+
+    name: str
+    total: int | None  # None for measured (CheckCommand) resources
+    measured: int | None  # last CheckCommand value, None when static or not measured yet
+    reserved_by_starting_services: int
+    in_use: int
+    free: int | None
+    usage_by_service: Mapping[str, int]
+
+
+@frozen
+class Snapshot:
+    """Everything /status reports, taken at one instant."""
+
+    started_at: float  # POSIX seconds when lmproxy started
+    services: tuple[ServiceStatus, ...]
+    resources: tuple[ResourceStatus, ...]

@@ -6,6 +6,7 @@ hand.  No production module imports this one.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from attrs import define, evolve, field
 from twisted.internet.defer import Deferred, fail, succeed
@@ -199,7 +200,7 @@ class FakeBackends:
         self.changed()
 
 
-def status_with(snapshot: Snapshot, name: str, **changes: object) -> Snapshot:
+def status_with(snapshot: Snapshot, name: str, **changes: Any) -> Snapshot:
     """``snapshot`` with the service ``name`` changed (a helper for view tests)."""
     services = tuple(evolve(s, **changes) if s.name == name else s for s in snapshot.services)
     return evolve(snapshot, services=services)

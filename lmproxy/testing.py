@@ -5,11 +5,18 @@ hand.  No production module imports this one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from attrs import define, evolve, field
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IAddress, IConnector, IProcessTransport, IReactorProcess
+from twisted.internet.protocol import ClientFactory, ProcessProtocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lmproxy.config import Config
@@ -204,3 +211,195 @@ def status_with(snapshot: Snapshot, name: str, **changes: Any) -> Snapshot:
     """``snapshot`` with the service ``name`` changed (a helper for view tests)."""
     services = tuple(evolve(s, **changes) if s.name == name else s for s in snapshot.services)
     return evolve(snapshot, services=services)
+
+
+class FakeProcess:
+    """A process spawned on a L{MemoryProcessReactor}; the test ends it."""
+
+    def __init__(
+        self,
+        reactor: MemoryProcessReactor,
+        protocol: ProcessProtocol,
+        executable: str,
+        args: list[str],
+        path: str | None,
+        pid: int,
+    ) -> None:
+        self.reactor = reactor
+        self.protocol = protocol
+        self.executable = executable
+        self.args = args
+        self.path = path
+        self.pid = pid
+        self.exited = False
+        self.group_alive = True  # False once every member of its group is gone
+        self.transport = _FakeProcessTransport(pid)
+        protocol.makeConnection(self.transport)
+
+    @property
+    def command(self) -> list[str]:
+        """The command line without the setsid wrapper."""
+        return self.args[1:]
+
+    def output(self, data: bytes, fd: int = 1) -> None:
+        """The process writes ``data`` to stdout (or ``fd``)."""
+        self.protocol.childDataReceived(fd, data)
+
+    def exit(self, code: int | None = 0, signal: int | None = None, group_too: bool = True) -> None:
+        """The process exits (and, with ``group_too``, every member of its group)."""
+        assert not self.exited, "exited twice"
+        self.exited = True
+        if group_too:
+            self.group_alive = False
+        reason = ProcessDone(0) if code == 0 else ProcessTerminated(code, signal)
+        self.transport.pid = None
+        self.protocol.processExited(Failure(reason))
+        self.protocol.processEnded(Failure(reason))
+
+
+@implementer(IProcessTransport)
+class _FakeProcessTransport:
+    def __init__(self, pid: int) -> None:
+        self.pid: int | None = pid
+        self.stdin_closed = False
+
+    def closeStdin(self) -> None:
+        self.stdin_closed = True
+
+    def loseConnection(self) -> None:
+        pass
+
+    def signalProcess(self, signalID: str | int) -> None:
+        raise AssertionError("lmproxy signals process groups, never single processes")
+
+    def closeStdout(self) -> None:
+        pass
+
+    def closeStderr(self) -> None:
+        pass
+
+    def closeChildFD(self, descriptor: int) -> None:
+        pass
+
+    def writeToChild(self, childFD: int, data: bytes) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        pass
+
+    def getHost(self) -> IAddress:
+        return IPv4Address("TCP", "127.0.0.1", 0)
+
+    def getPeer(self) -> IAddress:
+        return IPv4Address("TCP", "127.0.0.1", 0)
+
+
+@implementer(IReactorProcess)
+class MemoryProcessReactor(MemoryReactorClock):
+    """
+    A ``MemoryReactorClock`` that also spawns fake processes and fakes
+    ``os.killpg`` (pass L{signal_group} as the supervisor's signaller).
+
+    ``on_signal`` decides what a signal does; by default SIGTERM and SIGKILL
+    end the process and its group at once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.processes: list[FakeProcess] = []
+        self.signals: list[tuple[int, int]] = []
+        self._next_pid = 1000
+        self._answered: set[ClientFactory] = set()
+        self.on_signal: Callable[[FakeProcess, int], None] = _exit_on_fatal_signal
+
+    def spawnProcess(  # type: ignore[override]
+        self,
+        processProtocol: ProcessProtocol,
+        executable: str,
+        args: list[str] = (),  # type: ignore[assignment]
+        env: dict[str, str] | None = None,
+        path: str | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        usePTY: bool = False,
+        childFDs: dict[int, int | str] | None = None,
+    ) -> IProcessTransport:
+        self._next_pid += 1
+        process = FakeProcess(self, processProtocol, executable, list(args), path, self._next_pid)
+        self.processes.append(process)
+        return process.transport
+
+    def signal_group(self, pgid: int, signum: int) -> None:
+        """Stands in for ``os.killpg``."""
+        process = self._group(pgid)
+        if process is None or not process.group_alive:
+            raise ProcessLookupError(pgid)
+        if signum == 0:
+            return
+        self.signals.append((pgid, signum))
+        self.on_signal(process, signum)
+
+    def _group(self, pgid: int) -> FakeProcess | None:
+        for process in self.processes:
+            if process.pid == pgid:
+                return process
+        return None
+
+    def live_processes(self, program: str | None = None) -> list[FakeProcess]:
+        """Processes that have not exited, optionally only those running ``program``."""
+        return [
+            p for p in self.processes if not p.exited and (program is None or program in p.command)
+        ]
+
+    def pending_probes(self) -> list[tuple[str, int, ClientFactory]]:
+        """Outgoing TCP connections nobody has answered yet (oldest first)."""
+        pending = []
+        for host, port, factory, _, _ in self.tcpClients:
+            if factory not in self._answered:
+                pending.append((host, port, factory))
+        return pending
+
+    def refuse_connections(self) -> int:
+        """Refuse every pending outgoing connection; returns how many."""
+        pending = self.pending_probes()
+        for _, _, factory in pending:
+            self._answered.add(factory)
+            factory.clientConnectionFailed(_FakeConnector(), Failure(ConnectionRefusedError()))
+        return len(pending)
+
+    def accept_connection(self, port: int) -> StringTransport:
+        """Accept the oldest pending outgoing connection to ``port``."""
+        for _, p, factory in self.pending_probes():
+            if p == port:
+                self._answered.add(factory)
+                protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+                assert protocol is not None
+                transport = StringTransport()
+                protocol.makeConnection(transport)
+                return transport
+        raise AssertionError(f"no pending connection to port {port}")
+
+
+def _exit_on_fatal_signal(process: FakeProcess, signum: int) -> None:
+    if signum in (signal.SIGTERM, signal.SIGKILL) and not process.exited:
+        process.exit(None, signum)
+    elif signum in (signal.SIGTERM, signal.SIGKILL):
+        process.group_alive = False
+
+
+@implementer(IConnector)
+class _FakeConnector:
+    def connect(self) -> None:
+        pass
+
+    def stopConnecting(self) -> None:
+        pass
+
+    def disconnect(self) -> None:
+        pass
+
+    def getDestination(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 0)

@@ -1,0 +1,131 @@
+"""
+Waiting for a freshly spawned service to be ready: its HealthcheckCommand
+passes (when it has one), then its target port accepts a connection.
+
+The port is probed with an exponential backoff capped at a few milliseconds,
+and at once whenever the service writes output: servers usually say that they
+listen, so a client waits for the backend itself, not for a coarse poll.
+
+The overall StartupTimeoutMilliseconds is enforced by the caller, which cancels
+the wait; cancelling kills a running healthcheck along with its children.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import abstract
+from twisted.internet.defer import Deferred, race
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IReactorCore, IReactorTCP
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from lmproxy.config import ServiceConfig
+from lmproxy.process import GroupSignaller, Reactor, run_shell
+
+PROBE_FIRST_DELAY = 0.0005
+PROBE_MAX_DELAY = 0.005
+PROBE_CONNECT_TIMEOUT = 2.0
+
+log = Logger()
+
+
+class ReadinessReactor(Reactor, IReactorTCP, IReactorCore):
+    """The reactor features readiness checks need (for type hints only)."""
+
+
+class Wakeup:
+    """A sleep that ends early when L{poke} is called (the service wrote output)."""
+
+    def __init__(self, reactor: ReadinessReactor) -> None:
+        self._reactor = reactor
+        self._poked: Deferred[None] | None = None
+
+    def poke(self) -> None:
+        poked, self._poked = self._poked, None
+        if poked is not None:
+            poked.callback(None)
+
+    def _next_poke(self) -> Deferred[None]:
+        def forget(d: Deferred[None]) -> None:
+            if self._poked is d:
+                self._poked = None
+
+        self._poked = Deferred(forget)
+        return self._poked
+
+    async def sleep(self, seconds: float) -> None:
+        await race([self._next_poke(), deferLater(self._reactor, seconds)])
+
+
+async def resolve_host(reactor: ReadinessReactor, host: str) -> str:
+    """An IP address for ``host``, resolved once per start, not per connection."""
+    if abstract.isIPAddress(host) or abstract.isIPv6Address(host):
+        return host
+    return await reactor.resolve(host)
+
+
+class _ProbeFactory(Factory):
+    protocol = Protocol
+    noisy = False  # one probe every few milliseconds while a service starts
+
+
+async def probe_port(reactor: ReadinessReactor, host: str, port: int, timeout: float) -> None:
+    """Connect to ``host:port`` and hang up; raises ConnectError when refused."""
+    endpoint_class = TCP6ClientEndpoint if abstract.isIPv6Address(host) else TCP4ClientEndpoint
+    endpoint = endpoint_class(reactor, host, port, timeout=timeout)
+    protocol = await endpoint.connect(_ProbeFactory())
+    assert isinstance(protocol, Protocol) and protocol.transport is not None
+    protocol.transport.loseConnection()
+
+
+async def wait_until_ready(
+    reactor: ReadinessReactor,
+    config: ServiceConfig,
+    deadline: float,
+    wakeup: Wakeup,
+    signal_group: GroupSignaller,
+) -> str:
+    """
+    Wait until the service is ready; returns the backend's IP address.
+    Runs until cancelled if it never gets ready.
+    """
+    if config.healthcheck_command:
+        await _healthcheck_passes(reactor, config, deadline, signal_group)
+    host = await resolve_host(reactor, config.proxy_target_host)
+    delay = PROBE_FIRST_DELAY
+    while True:
+        try:
+            await probe_port(reactor, host, config.proxy_target_port, PROBE_CONNECT_TIMEOUT)
+        except ConnectError:
+            await wakeup.sleep(delay)
+            delay = min(delay * 2, PROBE_MAX_DELAY)
+        else:
+            return host
+
+
+async def _healthcheck_passes(
+    reactor: ReadinessReactor,
+    config: ServiceConfig,
+    deadline: float,
+    signal_group: GroupSignaller,
+) -> None:
+    assert config.healthcheck_command is not None
+    while True:
+        remaining = max(deadline - reactor.seconds(), 0.001)
+        result = await run_shell(
+            reactor,
+            config.healthcheck_command,
+            remaining,
+            cwd=config.work_dir,
+            signal_group=signal_group,
+        )
+        if result.exit_code == 0:
+            return
+        log.debug(
+            "{service}: healthcheck not passing yet (status {status})",
+            service=config.name,
+            status=result.exit_code,
+        )
+        await deferLater(reactor, config.healthcheck_interval)

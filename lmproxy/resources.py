@@ -1,0 +1,137 @@
+"""
+The resource ledger: who holds how much of each resource, what is free, and
+which idle services to stop to make room.  Pure: no reactor, no I/O.
+
+A resource is either *static* (its ``Amount`` is the whole supply and lmproxy
+does the accounting) or *measured* (a ``CheckCommand`` reports what is free
+right now; lmproxy subtracts only what starting services have reserved, since
+running ones already show up in the measurement).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from attrs import define, field
+
+from lmproxy.config import ResourceConfig
+
+
+@define
+class _Holding:
+    amounts: Mapping[str, int]
+    starting: bool
+
+
+@define
+class Ledger:
+    """What each service holds of each resource."""
+
+    resources: Mapping[str, ResourceConfig]
+    measured: dict[str, int | None] = field(factory=dict)
+    _holdings: dict[str, _Holding] = field(factory=dict)
+
+    @classmethod
+    def from_config(cls, resources: Iterable[ResourceConfig]) -> Ledger:
+        return cls({r.name: r for r in resources})
+
+    def is_measured(self, resource: str) -> bool:
+        return self.resources[resource].check_command is not None
+
+    def hold(self, service: str, amounts: Mapping[str, int]) -> None:
+        """Reserve ``amounts`` for ``service``, which is about to start."""
+        self._holdings[service] = _Holding(dict(amounts), starting=True)
+
+    def mark_running(self, service: str) -> None:
+        """``service`` finished starting: its reservation becomes use."""
+        holding = self._holdings.get(service)
+        if holding is not None:
+            holding.starting = False
+
+    def release(self, service: str) -> None:
+        """``service`` is gone: it holds nothing any more."""
+        self._holdings.pop(service, None)
+
+    def holding(self, service: str) -> Mapping[str, int]:
+        holding = self._holdings.get(service)
+        return holding.amounts if holding is not None else {}
+
+    def usage_by_service(self, resource: str) -> dict[str, int]:
+        return {
+            service: h.amounts[resource]
+            for service, h in self._holdings.items()
+            if resource in h.amounts
+        }
+
+    def reserved_by_starting(self, resource: str) -> int:
+        return sum(h.amounts.get(resource, 0) for h in self._holdings.values() if h.starting)
+
+    def in_use(self, resource: str) -> int:
+        return sum(h.amounts.get(resource, 0) for h in self._holdings.values() if not h.starting)
+
+    def free(self, resource: str) -> int | None:
+        """What a new service could take now; None while a measured resource has no value."""
+        reserved = self.reserved_by_starting(resource)
+        if self.is_measured(resource):
+            value = self.measured.get(resource)
+            return None if value is None else value - reserved
+        amount = self.resources[resource].amount
+        assert amount is not None, "a static resource always has an Amount"
+        return amount - reserved - self.in_use(resource)
+
+    def shortfall(
+        self, requirements: Mapping[str, int], resources: Iterable[str]
+    ) -> dict[str, int]:
+        """
+        How much of each of ``resources`` is missing to satisfy
+        ``requirements``; a measured resource without a value is missing whole.
+        """
+        missing = {}
+        for resource in resources:
+            need = requirements.get(resource, 0)
+            if need <= 0:
+                continue
+            free = self.free(resource)
+            available = 0 if free is None else free
+            if need > available:
+                missing[resource] = need - available
+        return missing
+
+
+def plan_eviction(
+    missing: Mapping[str, int],
+    candidates: Sequence[tuple[str, Mapping[str, int]]],
+) -> list[str] | None:
+    """
+    Choose idle services to stop so that together they free at least
+    ``missing[r]`` of every resource ``r``.
+
+    ``candidates`` are (service, amounts it holds), least recently used first.
+    Services are taken in that order, only when they free something still
+    missing; then any taken service that turns out not to be needed is put back,
+    most recently used first.  Returns the victims, least recently used first,
+    or None when even all candidates together would not free enough (then
+    nothing should be stopped).
+    """
+    remaining = {r: m for r, m in missing.items() if m > 0}
+    taken: list[tuple[str, Mapping[str, int]]] = []
+    for name, amounts in candidates:
+        if not remaining:
+            break
+        if any(amounts.get(r, 0) > 0 for r in remaining):
+            taken.append((name, amounts))
+            for r in list(remaining):
+                remaining[r] -= amounts.get(r, 0)
+                if remaining[r] <= 0:
+                    del remaining[r]
+    if remaining:
+        return None
+    for victim in reversed(list(taken)):
+        rest = [t for t in taken if t is not victim]
+        if _covers(missing, rest):
+            taken = rest
+    return [name for name, _ in taken]
+
+
+def _covers(missing: Mapping[str, int], chosen: Sequence[tuple[str, Mapping[str, int]]]) -> bool:
+    return all(sum(amounts.get(r, 0) for _, amounts in chosen) >= m for r, m in missing.items())

@@ -1,0 +1,150 @@
+"""
+The composition root: ``twistd lmproxy`` options and ``makeService``, which
+builds one ``MultiService`` holding the supervisor, a listener per service
+and the optional OpenAI and management APIs.
+
+The only module that imports the global reactor.  Start-up time matters
+(clients connect right after launch), so every listener is opened first and
+the HTTP APIs' heavier imports (Klein, prometheus_client) happen on the
+reactor's first turn, behind a factory that builds its site on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory, Protocol, ServerFactory
+from twisted.python import usage
+from twisted.web.server import Site
+
+from lmproxy.config import Config, ConfigError, load_config
+from lmproxy.forward import ServiceProxyFactory
+from lmproxy.supervisor import Supervisor
+
+
+class Options(usage.Options):
+    """Command line of ``twistd lmproxy`` and of the ``lmproxy`` script."""
+
+    synopsis = "[-c CONFIG]"
+    longdesc = (
+        "Start model servers on demand, stop idle ones to free resources, and "
+        "proxy their ports. Without -c, ./config.json then ./config.jsonc is used."
+    )
+    optParameters = [["config", "c", None, "Path of the config file (JSON or JSONC)."]]
+
+    def postOptions(self) -> None:
+        try:
+            self.loaded: Config = load_config(self["config"], os.getcwd())
+        except ConfigError as e:
+            sys.stderr.write("lmproxy: the config cannot be used:\n")
+            for problem in e.problems:
+                sys.stderr.write(f"  {problem}\n")
+            sys.stderr.flush()
+            raise SystemExit(1) from None
+
+
+class LazySite(ServerFactory):
+    """
+    Serves a ``Site`` that is built on first use, so that opening the port
+    does not wait for the imports the site needs.
+    """
+
+    def __init__(self, build: Callable[[], Site]) -> None:
+        self._build = build
+        self._site: Site | None = None
+
+    def site(self) -> Site:
+        if self._site is None:
+            self._site = self._build()
+            self._site.doStart()
+        return self._site
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        return self.site().buildProtocol(addr)
+
+    def stopFactory(self) -> None:
+        if self._site is not None:
+            self._site.doStop()
+
+
+class QuitAtOnceOnSecondSignal(Service):
+    """
+    Once shutdown has begun (first SIGINT/SIGTERM), a second one kills every
+    service's process group at once instead of waiting for graceful stops.
+    """
+
+    def __init__(self, supervisor: Supervisor, reactor: Any) -> None:
+        self._supervisor = supervisor
+        self._reactor = reactor
+
+    def stopService(self) -> None:
+        super().stopService()
+
+        def second_signal(signum: int, frame: FrameType | None) -> None:
+            self._reactor.callFromThread(self._supervisor.kill_all)
+
+        signal.signal(signal.SIGINT, second_signal)
+        signal.signal(signal.SIGTERM, second_signal)
+
+
+def _listen(parent: MultiService, reactor: Any, port: int, factory: Factory[Any]) -> None:
+    listener = StreamServerEndpointService(TCP4ServerEndpoint(reactor, port), factory)
+    # A port that cannot be opened stops lmproxy with a clear error.
+    listener._raiseSynchronously = True
+    listener.setServiceParent(parent)
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """Build lmproxy's service tree from parsed options."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    config = options.loaded
+    top = MultiService()
+    supervisor = Supervisor(config, reactor)
+    supervisor.setServiceParent(top)
+    QuitAtOnceOnSecondSignal(supervisor, reactor).setServiceParent(top)
+    for service in config.services:
+        if service.listen_port is not None:
+            factory = ServiceProxyFactory(
+                supervisor, service.name, config.client_buffer_limit, reactor
+            )
+            _listen(top, reactor, service.listen_port, factory)
+    sites: list[LazySite] = []
+    if config.openai_listen_port is not None:
+        sites.append(LazySite(lambda: _openai_site(supervisor, config, reactor)))
+        _listen(top, reactor, config.openai_listen_port, sites[-1])
+    if config.management_listen_port is not None:
+        sites.append(LazySite(lambda: _management_site(supervisor, config, reactor)))
+        _listen(top, reactor, config.management_listen_port, sites[-1])
+    for site in sites:
+        reactor.callWhenRunning(reactor.callLater, 0, site.site)
+    return top
+
+
+def _openai_site(supervisor: Supervisor, config: Config, reactor: Any) -> Site:
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from lmproxy.openai import OpenAiApi
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 64
+    api = OpenAiApi(supervisor, config, Agent(reactor, pool=pool), reactor)
+    return Site(api.app.resource())
+
+
+def _management_site(supervisor: Supervisor, config: Config, reactor: Any) -> Site:
+    from lmproxy.management import ManagementApi
+
+    api = ManagementApi(supervisor, config, reactor)
+    return Site(api.app.resource())

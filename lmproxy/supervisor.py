@@ -88,6 +88,7 @@ class _Service:
         self.abort_start: Deferred[str] | None = None
         self.start_began = 0.0
         self.stop_waiters: list[Deferred[None]] = []
+        self.wait_reported = False  # "waiting for resources" is logged once per wait
         self.starts = 0
         self.failed_starts = 0
         self.evictions = 0
@@ -284,6 +285,7 @@ class Supervisor(Service):
 
     def _enqueue(self, svc: _Service) -> None:
         svc.state = WAITING_FOR_RESOURCES
+        svc.wait_reported = False
         self._queue.append(svc)
         self._schedule()
 
@@ -337,6 +339,14 @@ class Supervisor(Service):
         )
         victims = plan_eviction(missing, [(s.name, self._ledger.holding(s.name)) for s in idle])
         if victims is None:
+            if not svc.wait_reported:
+                svc.wait_reported = True
+                self.log.info(
+                    "{service}: waiting for resources: {missing} more needed, held by "
+                    "services in use",
+                    service=svc.name,
+                    missing=missing,
+                )
             self._recheck_later([r for r in missing if self._ledger.is_measured(r)])
             return False
         for name in victims:

@@ -23,6 +23,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol, ServerFactory
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
@@ -76,24 +77,52 @@ class LazySite(ServerFactory):
             self._site.doStop()
 
 
-class QuitAtOnceOnSecondSignal(Service):
+class ShutdownSignals(Service):
     """
-    Once shutdown has begun (first SIGINT/SIGTERM), a second one kills every
-    service's process group at once instead of waiting for graceful stops.
+    How lmproxy ends on SIGINT/SIGTERM: the first one stops the reactor (which
+    stops every service, in parallel, before lmproxy exits 0, as
+    large-model-proxy does); a second one kills every service's process group
+    at once instead of waiting for graceful stops.
+
+    These handlers replace the reactor's own, which would make twistd re-raise
+    the signal at exit and log an error for a second signal.
     """
+
+    log = Logger()
 
     def __init__(self, supervisor: Supervisor, reactor: Any) -> None:
         self._supervisor = supervisor
         self._reactor = reactor
+        self._shutting_down = False
+
+    def startService(self) -> None:
+        super().startService()
+        # After the reactor has installed its handlers, which happens once it runs.
+        self._reactor.callWhenRunning(self._install)
 
     def stopService(self) -> None:
         super().stopService()
+        self._shutting_down = True
 
-        def second_signal(signum: int, frame: FrameType | None) -> None:
-            self._reactor.callFromThread(self._supervisor.kill_all)
+    def _install(self) -> None:
+        signal.signal(signal.SIGINT, self._received)
+        signal.signal(signal.SIGTERM, self._received)
 
-        signal.signal(signal.SIGINT, second_signal)
-        signal.signal(signal.SIGTERM, second_signal)
+    def _received(self, signum: int, frame: FrameType | None) -> None:
+        self._reactor.callFromThread(self._act, signal.Signals(signum).name)
+
+    def _act(self, name: str) -> None:
+        if not self._shutting_down:
+            self._shutting_down = True
+            self.log.info(
+                "{signal}: stopping every service, then exiting (send it again to kill them "
+                "at once)",
+                signal=name,
+            )
+            self._reactor.stop()
+        else:
+            self.log.warn("{signal} again: killing every service now", signal=name)
+            self._supervisor.kill_all()
 
 
 def _listen(parent: MultiService, reactor: Any, port: int, factory: Factory[Any]) -> None:
@@ -113,7 +142,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     top = MultiService()
     supervisor = Supervisor(config, reactor)
     supervisor.setServiceParent(top)
-    QuitAtOnceOnSecondSignal(supervisor, reactor).setServiceParent(top)
+    ShutdownSignals(supervisor, reactor).setServiceParent(top)
     for service in config.services:
         if service.listen_port is not None:
             factory = ServiceProxyFactory(

@@ -5,8 +5,9 @@ hand.  No production module imports this one.
 
 from __future__ import annotations
 
+import os
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from attrs import define, evolve, field
@@ -54,6 +55,10 @@ class FakeLease:
 
     def reconnect(self) -> Deferred[ILease]:
         self.release()
+        self.backends.reconnects.append(self.service)
+        config = next(s for s in self.backends.config.services if s.name == self.service)
+        if config.restart_on_connection_failure:
+            return self.backends.acquire(self.service)
         return fail(ServiceUnavailable(f"could not connect to service {self.service!r}"))
 
 
@@ -76,6 +81,7 @@ class FakeBackends:
     backend_addresses: dict[str, tuple[str, int]] = field(factory=dict)
     observers: list[IStatusObserver] = field(factory=list)
     stop_calls: list[tuple[str, bool]] = field(factory=list)
+    reconnects: list[str] = field(factory=list)
     _proxied: dict[str, int] = field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
@@ -224,6 +230,8 @@ class FakeProcess:
         args: list[str],
         path: str | None,
         pid: int,
+        env: Mapping[str, str] | None = None,
+        child_fds: Mapping[int, int | str] | None = None,
     ) -> None:
         self.reactor = reactor
         self.protocol = protocol
@@ -231,6 +239,15 @@ class FakeProcess:
         self.args = args
         self.path = path
         self.pid = pid
+        self.env = None if env is None else dict(env)
+        self.child_fds = None if child_fds is None else dict(child_fds)
+        # What each inherited descriptor was at spawn time (the caller may
+        # close its copy right after spawnProcess returns, as a real spawn allows).
+        self.child_fd_stats: dict[int, os.stat_result] = {
+            fd: os.fstat(target)
+            for fd, target in (child_fds or {}).items()
+            if isinstance(target, int)
+        }
         self.exited = False
         self.group_alive = True  # False once every member of its group is gone
         self.transport = _FakeProcessTransport(pid)
@@ -328,7 +345,16 @@ class MemoryProcessReactor(MemoryReactorClock):
         childFDs: dict[int, int | str] | None = None,
     ) -> IProcessTransport:
         self._next_pid += 1
-        process = FakeProcess(self, processProtocol, executable, list(args), path, self._next_pid)
+        process = FakeProcess(
+            self,
+            processProtocol,
+            executable,
+            list(args),
+            path,
+            self._next_pid,
+            env=env,
+            child_fds=childFDs,
+        )
         self.processes.append(process)
         return process.transport
 

@@ -1,0 +1,1 @@
+"""lmproxy's tests."""

@@ -1,0 +1,204 @@
+"""
+Helpers for integration tests: run a real ``twistd -n lmproxy`` on a config
+written to a temporary directory, with demo model servers as services, on
+ports the OS chose, and wait on conditions with deadlines (never sleeps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports that were free a moment ago (chosen by the OS)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+def pid_alive(pid: int) -> bool:
+    """Is ``pid`` a live process (zombies count as gone)?"""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def child_env() -> dict[str, str]:
+    """The environment for lmproxy and its services: this source tree first."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def demo_service(
+    name: str, listen_port: int | None, target_port: int, *flags: str, **keys: Any
+) -> dict[str, Any]:
+    """A service entry that runs the demo model server."""
+    service: dict[str, Any] = {
+        "Name": name,
+        "ProxyTargetHost": "127.0.0.1",
+        "ProxyTargetPort": str(target_port),
+        "Command": sys.executable,
+        "Args": " ".join(
+            ["-m", "lmproxy.demo", "--port", str(target_port), "--model", name, *flags]
+        ),
+    }
+    if listen_port is not None:
+        service["ListenPort"] = str(listen_port)
+    service.update(keys)
+    return service
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 10 ms until it holds; fail after ``timeout`` seconds."""
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await deferLater(reactor, 0.01)
+
+
+async def http(
+    method: str, url: str, body: bytes | None = None, timeout: float = 20
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP exchange on a fresh connection: (status, headers, body)."""
+    response = await treq.request(method, url, data=body, persistent=False, timeout=timeout)
+    content = await response.content()
+    headers = {k.decode().lower(): v[0].decode() for k, v in response.headers.getAllRawHeaders()}
+    return response.code, headers, content
+
+
+class _Output(ProcessProtocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.ended: Deferred[int | None] = Deferred()
+        self.exit_code: int | None = None
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self.data += data
+
+    def processEnded(self, reason: Failure) -> None:
+        value = reason.value
+        if isinstance(value, ProcessDone | ProcessTerminated):
+            self.exit_code = value.exitCode
+        self.ended.callback(self.exit_code)
+
+
+class Lmproxy:
+    """A real ``twistd -n lmproxy -c config.json`` in a temporary directory."""
+
+    def __init__(
+        self, test: TestCase, config: dict[str, Any], command: list[str] | None = None
+    ) -> None:
+        self.test = test
+        # Without -c, lmproxy must find ./config.json in its working directory.
+        self.argv = command or [TWISTD, "--nodaemon", "--pidfile=", "lmproxy", "-c", "config.json"]
+        self.config = config
+        self.dir = Path(test.mktemp())
+        self.dir.mkdir(parents=True)
+        self.config_path = self.dir / "config.json"
+        self.config_path.write_text(json.dumps(config, indent=2))
+        self._output = _Output()
+        self.pid: int | None = None
+
+    @property
+    def output(self) -> str:
+        return self._output.data.decode("utf-8", "replace")
+
+    def ports(self) -> list[int]:
+        ports = [int(s["ListenPort"]) for s in self.config["Services"] if s.get("ListenPort")]
+        for api in ("OpenAiApi", "ManagementApi"):
+            if self.config.get(api, {}).get("ListenPort"):
+                ports.append(int(self.config[api]["ListenPort"]))
+        return ports
+
+    def spawn(self) -> None:
+        transport = reactor.spawnProcess(
+            self._output,
+            self.argv[0],
+            self.argv,
+            env=child_env(),
+            path=str(self.dir),
+        )
+        self.pid = transport.pid
+        self.test.addCleanup(self._kill)
+
+    async def start(self, timeout: float = 15) -> float:
+        """Spawn lmproxy and wait until every port listens; returns how long that took."""
+        began = reactor.seconds()
+        self.spawn()
+        ports = self.ports()
+        try:
+            await wait_for(lambda: all(port_open(p) for p in ports), timeout, "lmproxy to listen")
+        except AssertionError:
+            raise AssertionError(f"lmproxy did not listen; its output:\n{self.output}") from None
+        return reactor.seconds() - began
+
+    async def stop(self, signum: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        """Signal lmproxy and wait for it to exit; returns its exit status."""
+        if not self._output.ended.called:
+            assert self.pid is not None
+            os.kill(self.pid, signum)
+        return await self.exited(timeout)
+
+    def has_exited(self) -> bool:
+        return self._output.ended.called
+
+    async def exited(self, timeout: float = 20) -> int | None:
+        await wait_for(lambda: self._output.ended.called, timeout, "lmproxy to exit")
+        return self._output.exit_code
+
+    async def _kill(self) -> None:
+        if not self._output.ended.called and self.pid is not None:
+            os.kill(self.pid, signal.SIGKILL)
+            await self._output.ended
+
+    def log_text(self, service: str) -> str:
+        path = self.dir / "logs" / f"{service}.log"
+        return path.read_text() if path.exists() else ""
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """Like L{wait_for} for an asynchronous check."""
+    deadline = reactor.seconds() + timeout
+    while not await check():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await deferLater(reactor, 0.01)

@@ -1,0 +1,171 @@
+"""
+Unit tests for the per-service TCP forwarder, with StringTransports, a
+memory reactor and fake backends: no sockets, no time.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from lmproxy.config import Config, ServiceConfig
+from lmproxy.forward import ServiceConnection, ServiceProxyFactory
+from lmproxy.interfaces import RUNNING
+from lmproxy.testing import FakeBackends
+
+CLIENT = IPv4Address("TCP", "127.0.0.1", 50000)
+
+
+def _config(restart: bool = False) -> Config:
+    return Config(
+        services=(
+            ServiceConfig(
+                name="llm",
+                command="true",
+                listen_port=8081,
+                proxy_target_port=18081,
+                restart_on_connection_failure=restart,
+            ),
+        )
+    )
+
+
+class ForwarderTests(SynchronousTestCase):
+    """A client of a service's port, from accept to close."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.backends = FakeBackends(_config())
+        self.factory = ServiceProxyFactory(self.backends, "llm", 10, self.reactor)
+
+    def connect_client(self) -> tuple[ServiceConnection, StringTransport]:
+        protocol = self.factory.buildProtocol(CLIENT)
+        assert isinstance(protocol, ServiceConnection)
+        transport = StringTransport(peerAddress=CLIENT)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def connect_backend(self) -> StringTransport:
+        host, port, factory, _, _ = self.reactor.tcpClients[-1]
+        self.assertEqual((host, port), ("127.0.0.1", 18081))
+        backend = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = StringTransport()
+        backend.makeConnection(transport)
+        return transport
+
+    def waiting(self) -> int:
+        return self.backends.snapshot().services[0].waiting_connections
+
+    def proxied(self) -> int:
+        return self.backends.snapshot().services[0].proxied_connections
+
+    def test_waits_for_the_service_then_forwards_what_it_held(self) -> None:
+        """Bytes sent while the service starts reach the backend first, in order."""
+        protocol, _client = self.connect_client()
+        self.assertEqual(self.waiting(), 1)
+        protocol.dataReceived(b"GET / ")
+        protocol.dataReceived(b"HTTP/1.1")
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.backends.finish_start("llm")
+        self.assertEqual((self.waiting(), self.proxied()), (0, 1))
+        backend = self.connect_backend()
+        self.assertEqual(backend.value(), b"GET / HTTP/1.1")
+        protocol.dataReceived(b"\r\n\r\n")
+        self.assertEqual(backend.value(), b"GET / HTTP/1.1\r\n\r\n")
+
+    def test_backend_bytes_reach_the_client(self) -> None:
+        self.backends.set_state("llm", RUNNING)
+        protocol, client = self.connect_client()
+        backend = self.connect_backend()
+        assert protocol.peer is not None
+        protocol.peer.dataReceived(b"hello")
+        self.assertEqual(client.value(), b"hello")
+        self.assertEqual(backend.value(), b"")
+
+    def test_buffer_limit_pauses_reading(self) -> None:
+        """Past ClientRequestBufferLimitBytes the client is not read any more."""
+        protocol, client = self.connect_client()
+        protocol.dataReceived(b"123456789")
+        self.assertEqual(client.producerState, "producing")
+        protocol.dataReceived(b"0")
+        self.assertEqual(client.producerState, "paused")
+        self.backends.finish_start("llm")
+        backend = self.connect_backend()
+        self.assertEqual(backend.value(), b"1234567890")
+        self.assertEqual(client.producerState, "producing")
+
+    def test_unbounded_buffer_never_pauses(self) -> None:
+        self.factory.buffer_limit = 0
+        protocol, client = self.connect_client()
+        protocol.dataReceived(b"x" * 100_000)
+        self.assertEqual(client.producerState, "producing")
+
+    def test_client_leaving_while_waiting_is_dropped_at_once(self) -> None:
+        protocol, _client = self.connect_client()
+        self.assertEqual(self.waiting(), 1)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.waiting(), 0)
+        self.backends.finish_start("llm")
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertEqual(self.proxied(), 0)
+
+    def test_failed_start_closes_the_client(self) -> None:
+        _protocol, client = self.connect_client()
+        self.backends.fail_start("llm", "boom")
+        self.assertTrue(client.disconnecting)
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_client_close_closes_backend_and_releases_once(self) -> None:
+        self.backends.set_state("llm", RUNNING)
+        protocol, _client = self.connect_client()
+        backend = self.connect_backend()
+        self.assertEqual(self.proxied(), 1)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(backend.disconnecting)
+        self.assertEqual(self.proxied(), 0)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.proxied(), 0)
+
+    def test_backend_close_closes_client(self) -> None:
+        self.backends.set_state("llm", RUNNING)
+        protocol, client = self.connect_client()
+        self.connect_backend()
+        assert protocol.peer is not None
+        protocol.peer.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(client.disconnecting)
+
+    def test_flow_control_both_ways(self) -> None:
+        """Each transport is registered as the producer of the other."""
+        self.backends.set_state("llm", RUNNING)
+        _protocol, client = self.connect_client()
+        backend = self.connect_backend()
+        self.assertIs(backend.producer, client)
+        self.assertIs(client.producer, backend)
+        self.assertTrue(backend.streaming and client.streaming)
+
+    def test_connection_failure_without_restart_closes_client(self) -> None:
+        self.backends.set_state("llm", RUNNING)
+        _protocol, client = self.connect_client()
+        _, _, factory, _, _ = self.reactor.tcpClients[-1]
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        self.assertTrue(client.disconnecting)
+        self.assertEqual(self.proxied(), 0)
+
+    def test_connection_failure_with_restart_connects_again(self) -> None:
+        """With RestartOnConnectionFailure the client waits for the new run."""
+        self.backends = FakeBackends(_config(restart=True))
+        self.factory = ServiceProxyFactory(self.backends, "llm", 10, self.reactor)
+        self.backends.set_state("llm", RUNNING)
+        protocol, client = self.connect_client()
+        protocol.dataReceived(b"ping")
+        _, _, factory, _, _ = self.reactor.tcpClients[-1]
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        self.assertEqual(self.backends.reconnects, ["llm"])
+        self.assertFalse(client.disconnecting)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        backend = self.connect_backend()
+        self.assertEqual(backend.value(), b"ping")
+        self.assertEqual(self.proxied(), 1)

@@ -1,0 +1,223 @@
+"""
+Benchmark of lmproxy's per-service TCP forwarding (not a test: it prints figures).
+
+    python3 bench/bench_core.py [--rounds 2000] [--cold 10] [--megabytes 500]
+
+Runs a real lmproxy (``python3 -m lmproxy``) on a generated config with the demo
+model server as its service, and measures, against the same demo server reached
+directly:
+
+* warm round trip: a small keep-alive HTTP request/response on one connection,
+  median and p99, through the service port vs. direct;
+* cold start: time to first byte of the first client of a stopped service, minus
+  the demo server's own exec-to-listening time (measured by spawning it directly
+  and polling its port every 0.2 ms);
+* bulk transfer: ``GET /bytes?n=...`` through the service port vs. direct, MB/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+REQUEST = b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0, poll: float = 0.0002) -> float:
+    """Poll until ``port`` accepts; returns the time it first did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return time.monotonic()
+        except OSError:
+            time.sleep(poll)
+    raise SystemExit(f"port {port} never opened")
+
+
+def wait_closed(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return
+        time.sleep(0.01)
+    raise SystemExit(f"port {port} never closed")
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """Read one HTTP response with a Content-Length body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise SystemExit("connection closed mid-response")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head
+
+
+def round_trips(port: int, rounds: int) -> list[float]:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(50):  # warm up (and start the service when cold)
+            sock.sendall(REQUEST)
+            read_response(sock)
+        times = []
+        for _ in range(rounds):
+            began = time.perf_counter()
+            sock.sendall(REQUEST)
+            read_response(sock)
+            times.append(time.perf_counter() - began)
+    return times
+
+
+def bulk_mb_per_s(port: int, megabytes: int) -> float:
+    size = megabytes * 1_000_000
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        began = time.perf_counter()
+        sock.sendall(f"GET /bytes?n={size} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        received = 0
+        buffer = bytearray(1 << 20)
+        view = memoryview(buffer)
+        while received < size:
+            n = sock.recv_into(view)
+            if not n:
+                break
+            received += n
+        elapsed = time.perf_counter() - began
+    return received / 1_000_000 / elapsed
+
+
+def demo_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "lmproxy.demo", "--port", str(port), "--model", "bench"]
+
+
+def direct_first_byte(samples: int) -> list[float]:
+    """The demo server alone: exec, poll its port every 0.2 ms, first byte of a request."""
+    times = []
+    for _ in range(samples):
+        port = free_port()
+        began = time.monotonic()
+        process = subprocess.Popen(demo_command(port), stdout=subprocess.DEVNULL)
+        wait_port(port)
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(REQUEST)
+            sock.recv(1)
+            times.append(time.monotonic() - began)
+        process.terminate()
+        process.wait()
+    return times
+
+
+def cold_ttfb(listen: int, target: int, samples: int) -> list[float]:
+    """Time to the first byte of the first client of a stopped service."""
+    times = []
+    for _ in range(samples):
+        wait_closed(target)
+        began = time.monotonic()
+        with socket.create_connection(("127.0.0.1", listen)) as sock:
+            sock.sendall(REQUEST)
+            sock.recv(1)
+            times.append(time.monotonic() - began)
+    return times
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--cold", type=int, default=10)
+    parser.add_argument("--megabytes", type=int, default=500)
+    args = parser.parse_args()
+
+    listen, target = free_port(), free_port()
+    config = {
+        "ShutDownAfterInactivitySeconds": 0.3,
+        "OutputServiceLogs": False,
+        "Services": [
+            {
+                "Name": "bench",
+                "ListenPort": listen,
+                "ProxyTargetHost": "127.0.0.1",
+                "ProxyTargetPort": target,
+                "Command": sys.executable,
+                "Args": " ".join(demo_command(target)[1:]),
+            }
+        ],
+    }
+    workdir = tempfile.mkdtemp(prefix="lmproxy-bench-")
+    config_path = os.path.join(workdir, "config.json")
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    lmproxy = subprocess.Popen(
+        [sys.executable, "-m", "lmproxy", "-c", config_path],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(listen)
+        machine = f"{platform.machine()}, {os.cpu_count()} cores"
+        print(f"machine: {machine}, Python {platform.python_version()}")
+
+        startup = direct_first_byte(args.cold)
+        cold = cold_ttfb(listen, target, args.cold)
+        print(
+            f"cold start (median of {args.cold}): first byte via lmproxy "
+            f"{ms(statistics.median(cold))}; demo server alone, exec to first byte "
+            f"{ms(statistics.median(startup))}; "
+            f"added {ms(statistics.median(cold) - statistics.median(startup))}"
+        )
+
+        via = round_trips(listen, args.rounds)  # starts the service, then measures it warm
+        direct = round_trips(target, args.rounds)
+        q = statistics.quantiles
+        print(
+            f"warm round trip ({args.rounds} keep-alive requests): direct median "
+            f"{ms(statistics.median(direct))} p99 {ms(q(direct, n=100)[98])}; via lmproxy median "
+            f"{ms(statistics.median(via))} p99 {ms(q(via, n=100)[98])}; added median "
+            f"{ms(statistics.median(via) - statistics.median(direct))}"
+        )
+
+        direct_rate = bulk_mb_per_s(target, args.megabytes)
+        via_rate = bulk_mb_per_s(listen, args.megabytes)
+        print(
+            f"bulk transfer of {args.megabytes} MB: direct {direct_rate:.0f} MB/s, "
+            f"via lmproxy {via_rate:.0f} MB/s ({via_rate / direct_rate:.0%})"
+        )
+    finally:
+        lmproxy.terminate()
+        lmproxy.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -51,15 +51,23 @@ def wait_port(port: int, timeout: float = 10.0, poll: float = 0.0002) -> float:
     raise SystemExit(f"port {port} never opened")
 
 
-def wait_closed(port: int, timeout: float = 20.0) -> None:
+def wait_gone(port: int, timeout: float = 20.0) -> None:
+    """Wait until no demo server for ``port`` runs (its port closes before it exits)."""
+    marker = f"--port\0{port}\0".encode()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
+        if not any(marker in _cmdline(pid) for pid in os.listdir("/proc") if pid.isdigit()):
             return
         time.sleep(0.01)
-    raise SystemExit(f"port {port} never closed")
+    raise SystemExit(f"the demo server on port {port} never exited")
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def read_response(sock: socket.socket) -> bytes:
@@ -138,7 +146,7 @@ def cold_ttfb(listen: int, target: int, samples: int) -> list[float]:
     """Time to the first byte of the first client of a stopped service."""
     times = []
     for _ in range(samples):
-        wait_closed(target)
+        wait_gone(target)
         began = time.monotonic()
         with socket.create_connection(("127.0.0.1", listen)) as sock:
             sock.sendall(REQUEST)

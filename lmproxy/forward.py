@@ -20,6 +20,7 @@ from twisted.protocols import portforward
 from twisted.python.failure import Failure
 
 from lmproxy.interfaces import IBackends, ILease, ServiceUnavailable, UnknownService
+from lmproxy.logs import log_observer
 
 READ_SIZE = 256 * 1024
 
@@ -60,12 +61,17 @@ class BackendConnectionFactory(portforward.ProxyClientFactory):
 class ServiceConnection(portforward.ProxyServer):
     """A client of one service, from accept to close."""
 
-    log = Logger()
+    log = Logger(observer=log_observer)
     clientProtocolFactory = BackendConnectionFactory
     factory: ServiceProxyFactory
 
     def connectionMade(self) -> None:
         _tune(self.transport)
+        self.log.debug(
+            "{service}: client {peer} connected",
+            service=self.factory.service,
+            peer=self.transport.getPeer(),
+        )
         self._held: list[bytes] = []
         self._held_bytes = 0
         self._lease: ILease | None = None
@@ -127,6 +133,11 @@ class ServiceConnection(portforward.ProxyServer):
         self._waiting.addCallbacks(self._connect, self._unavailable)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.log.debug(
+            "{service}: client {peer} gone",
+            service=self.factory.service,
+            peer=self.transport.getPeer(),
+        )
         self._closed = True
         if self._waiting is not None:
             waiting, self._waiting = self._waiting, None

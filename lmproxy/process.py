@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import IO
 
 from attrs import frozen
-from twisted.internet.defer import CancelledError, Deferred, race
+from twisted.internet.defer import CancelledError, Deferred, FailureGroup, race
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lmproxy.config import ServiceConfig
+from lmproxy.logs import log_observer
 
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 STOP_GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL after this long
@@ -252,9 +253,11 @@ async def run_shell(
     exited = group.when_leader_exits()
     try:
         index, _ = await race([exited, deferLater(reactor, timeout)])
-    except CancelledError:
+    except (CancelledError, FailureGroup):
+        # Cancelling a race fails it with a FailureGroup of its cancelled
+        # contenders (neither fails otherwise): the caller cancelled us.
         group.signal(signal.SIGKILL)
-        raise
+        raise CancelledError() from None
     timed_out = index == 1
     if timed_out:
         group.signal(signal.SIGKILL)
@@ -286,7 +289,7 @@ class ServiceProcess:
     ``[name/stdout] line`` into lmproxy's log.
     """
 
-    log = Logger()
+    log = Logger(observer=log_observer)
 
     def __init__(
         self,

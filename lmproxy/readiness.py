@@ -22,13 +22,14 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from lmproxy.config import ServiceConfig
+from lmproxy.logs import log_observer
 from lmproxy.process import GroupSignaller, Reactor, run_shell
 
 PROBE_FIRST_DELAY = 0.0005
 PROBE_MAX_DELAY = 0.005
 PROBE_CONNECT_TIMEOUT = 2.0
 
-log = Logger()
+log = Logger(observer=log_observer)
 
 
 class ReadinessReactor(Reactor, IReactorTCP, IReactorCore):

@@ -51,6 +51,7 @@ from lmproxy.interfaces import (
     Snapshot,
     UnknownService,
 )
+from lmproxy.logs import log_observer
 from lmproxy.process import GroupSignaller, ServiceProcess, StartError, run_shell
 from lmproxy.readiness import ReadinessReactor, Wakeup, wait_until_ready
 from lmproxy.resources import Ledger, plan_eviction
@@ -127,7 +128,7 @@ class _Lease:
 class Supervisor(Service):
     """Starts, stops and hands out model services (see the module docstring)."""
 
-    log = Logger()
+    log = Logger(observer=log_observer)
 
     def __init__(
         self,

@@ -29,6 +29,7 @@ from twisted.web.server import Site
 
 from lmproxy.config import Config, ConfigError, load_config
 from lmproxy.forward import ServiceProxyFactory
+from lmproxy.logs import log_observer, set_log_level
 from lmproxy.supervisor import Supervisor
 
 
@@ -88,7 +89,7 @@ class ShutdownSignals(Service):
     the signal at exit and log an error for a second signal.
     """
 
-    log = Logger()
+    log = Logger(observer=log_observer)
 
     def __init__(self, supervisor: Supervisor, reactor: Any) -> None:
         self._supervisor = supervisor
@@ -139,6 +140,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         reactor = global_reactor
     config = options.loaded
+    set_log_level(config.log_level)
     top = MultiService()
     supervisor = Supervisor(config, reactor)
     supervisor.setServiceParent(top)

@@ -66,6 +66,7 @@ class CoreIntegrationTests(TestCase):
         self.assertTrue(pid_alive(pid))
         self.assertIn('demo model server "alpha" listening', lmproxy.log_text("alpha"))
         self.assertIn("[alpha/stdout] demo model server", lmproxy.output)
+        self.assertNotIn("alpha: client", lmproxy.output, "per-connection lines are debug-only")
         self.assertEqual(await lmproxy.stop(), 0)
         self.assertFalse(pid_alive(pid))
         self.assertFalse(port_open(listen))
@@ -138,6 +139,7 @@ class CoreIntegrationTests(TestCase):
         pid = int(headers["x-demo-pid"])
         await wait_for(lambda: not pid_alive(pid), 10, "the idle service to stop")
         self.assertIn("idle: stopping (idle for 0.5 s)", lmproxy.output)
+        self.assertRegex(lmproxy.output, r"idle: client IPv4Address\(.*\) connected")
         self.assertEqual(await lmproxy.stop(), 0)
 
     async def test_shutdown_leaves_no_grandchild(self) -> None:

@@ -1,0 +1,25 @@
+"""
+lmproxy's log level (the config's ``LogLevel``).  lmproxy's loggers emit
+through ``log_observer``, which drops their debug events unless the level is
+``Debug``; everything else reaches Twisted's global log publisher (and so
+twistd's log) unchanged.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+)
+
+_predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+
+log_observer = FilteringLogObserver(globalLogPublisher, [_predicate])
+"""Pass as ``Logger(observer=log_observer)`` in lmproxy's modules."""
+
+
+def set_log_level(level: str) -> None:
+    """``"Debug"`` shows lmproxy's debug events; anything else hides them."""
+    _predicate.setLogLevelForNamespace("", LogLevel.debug if level == "Debug" else LogLevel.info)

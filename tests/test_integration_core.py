@@ -129,9 +129,10 @@ class CoreIntegrationTests(TestCase):
         lmproxy = Lmproxy(
             self,
             {
+                "LogLevel": "Debug",
                 "Services": [
                     demo_service("idle", listen, target, ShutDownAfterInactivitySeconds=0.5)
-                ]
+                ],
             },
         )
         await lmproxy.start()

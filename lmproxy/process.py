@@ -18,13 +18,12 @@ import shlex
 import shutil
 import signal
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Protocol
 
 from attrs import frozen
 from twisted.internet.defer import CancelledError, Deferred, FailureGroup, race
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import (
-    IDelayedCall,
     IProcessTransport,
     IReactorProcess,
     IReactorTime,
@@ -48,6 +47,14 @@ GroupSignaller = Callable[[int, int], None]
 """Send a signal to a process group: ``os.killpg``, or a fake in tests."""
 
 _EOL = re.compile(rb"\r\n|\r|\n")
+
+
+class GroupRegistry(Protocol):
+    """Told which process groups lmproxy owns (see L{lmproxy.watchdog})."""
+
+    def add(self, pgid: int) -> None: ...
+
+    def discard(self, pgid: int) -> None: ...
 
 
 class StartError(Exception):
@@ -298,6 +305,7 @@ class ServiceProcess:
         output_logs: bool,
         signal_group: GroupSignaller = os.killpg,
         on_output: Callable[[], None] | None = None,
+        registry: GroupRegistry | None = None,
     ) -> None:
         self._reactor = reactor
         self._config = config
@@ -305,10 +313,10 @@ class ServiceProcess:
         self._signal_group = signal_group
         self.group = ProcessGroup(reactor, signal_group)
         self._on_output = on_output
+        self._registry = registry
         self._log_file: IO[bytes] | None = None
         self._splitters = {1: LineSplitter(), 2: LineSplitter()}
         self._transport: IProcessTransport | None = None
-        self._kill_timer: IDelayedCall | None = None
 
     @property
     def pid(self) -> int | None:
@@ -343,6 +351,8 @@ class ServiceProcess:
             os.close(devnull)
         assert self._transport.pid is not None
         self.group.started(self._transport.pid)
+        if self._registry is not None:
+            self._registry.add(self._transport.pid)
         self.log.info(
             "{service}: started {argv} as pid {pid}",
             service=config.name,
@@ -384,6 +394,8 @@ class ServiceProcess:
             self.log.error(
                 "{service}: process group {pgid} survived SIGKILL", service=name, pgid=self.pid
             )
+        elif self._registry is not None and self.pid is not None:
+            self._registry.discard(self.pid)
 
     def kill(self) -> None:
         """SIGKILL the whole group now (lmproxy is asked to quit at once)."""

@@ -52,7 +52,7 @@ from lmproxy.interfaces import (
     UnknownService,
 )
 from lmproxy.logs import log_observer
-from lmproxy.process import GroupSignaller, ServiceProcess, StartError, run_shell
+from lmproxy.process import GroupRegistry, GroupSignaller, ServiceProcess, StartError, run_shell
 from lmproxy.readiness import ReadinessReactor, Wakeup, wait_until_ready
 from lmproxy.resources import Ledger, plan_eviction
 
@@ -135,10 +135,12 @@ class Supervisor(Service):
         config: Config,
         reactor: ReadinessReactor,
         signal_group: GroupSignaller = os.killpg,
+        groups: GroupRegistry | None = None,
     ) -> None:
         self._config = config
         self._reactor = reactor
         self._signal_group = signal_group
+        self._groups = groups
         self._services = {s.name: _Service(s) for s in config.services}
         self._ledger = Ledger.from_config(config.resources)
         self._queue: list[_Service] = []
@@ -288,6 +290,8 @@ class Supervisor(Service):
         svc.state = WAITING_FOR_RESOURCES
         svc.wait_reported = False
         self._queue.append(svc)
+        # It must start: what its CheckCommands reported earlier is stale.
+        self._invalidate_measured(svc)
         self._schedule()
 
     # -- scheduling -------------------------------------------------------
@@ -457,6 +461,7 @@ class Supervisor(Service):
             self._config.output_service_logs,
             self._signal_group,
             on_output=wakeup.poke,
+            registry=self._groups,
         )
         svc.process = process
         assert svc.abort_start is not None
@@ -466,8 +471,9 @@ class Supervisor(Service):
             ready = Deferred.fromCoroutine(
                 wait_until_ready(self._reactor, config, deadline, wakeup, self._signal_group)
             )
-            # A readiness error must end the race at once, not lose it silently.
-            ready.addErrback(lambda f: f)
+            # A readiness error must end the race at once, not lose it silently:
+            # race() only ends early on a success, so make the error one.
+            ready.addErrback(lambda f: f.value)
             contenders: list[Deferred[Any]] = [
                 ready,
                 svc.abort_start,

@@ -30,7 +30,9 @@ from twisted.web.server import Site
 from lmproxy.config import Config, ConfigError, load_config
 from lmproxy.forward import ServiceProxyFactory
 from lmproxy.logs import log_observer, set_log_level
+from lmproxy.process import SETSID
 from lmproxy.supervisor import Supervisor
+from lmproxy.watchdog import Watchdog
 
 
 class Options(usage.Options):
@@ -142,7 +144,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     config = options.loaded
     set_log_level(config.log_level)
     top = MultiService()
-    supervisor = Supervisor(config, reactor)
+    # First child, so the last to stop: it must outlive every service process.
+    watchdog = Watchdog(reactor, SETSID)
+    watchdog.setServiceParent(top)
+    supervisor = Supervisor(config, reactor, groups=watchdog)
     supervisor.setServiceParent(top)
     ShutdownSignals(supervisor, reactor).setServiceParent(top)
     for service in config.services:

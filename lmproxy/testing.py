@@ -279,6 +279,7 @@ class _FakeProcessTransport:
     def __init__(self, pid: int) -> None:
         self.pid: int | None = pid
         self.stdin_closed = False
+        self.written: list[bytes] = []
 
     def closeStdin(self) -> None:
         self.stdin_closed = True
@@ -302,7 +303,7 @@ class _FakeProcessTransport:
         pass
 
     def write(self, data: bytes) -> None:
-        pass
+        self.written.append(data)
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
         pass
@@ -330,6 +331,7 @@ class MemoryProcessReactor(MemoryReactorClock):
         self.signals: list[tuple[int, int]] = []
         self._next_pid = 1000
         self._answered: set[ClientFactory] = set()
+        self._connectors: dict[ClientFactory, IConnector] = {}
         self.on_signal: Callable[[FakeProcess, int], None] = _exit_on_fatal_signal
 
     def spawnProcess(  # type: ignore[override]
@@ -380,10 +382,28 @@ class MemoryProcessReactor(MemoryReactorClock):
             p for p in self.processes if not p.exited and (program is None or program in p.command)
         ]
 
+    def connectTCP(
+        self,
+        host: str,
+        port: int,
+        factory: ClientFactory,
+        timeout: float = 30,
+        bindAddress: tuple[str, int] | None = None,
+    ) -> IConnector:
+        connector: IConnector = super().connectTCP(host, port, factory, timeout, bindAddress)
+        self._connectors[factory] = connector
+        return connector
+
     def pending_probes(self) -> list[tuple[str, int, ClientFactory]]:
-        """Outgoing TCP connections nobody has answered yet (oldest first)."""
+        """
+        Outgoing TCP connections nobody has answered yet and their caller has
+        not given up on (``stopConnecting``, e.g. a cancelled connect), oldest first.
+        """
         pending = []
         for host, port, factory, _, _ in self.tcpClients:
+            connector = self._connectors.get(factory)
+            if getattr(connector, "stoppedConnecting", False):
+                continue
             if factory not in self._answered:
                 pending.append((host, port, factory))
         return pending

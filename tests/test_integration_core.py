@@ -221,3 +221,20 @@ class CoreIntegrationTests(TestCase):
         self.assertIn("again: killing every service now", lmproxy.output)
         self.assertFalse(port_open(target))
         self.assertNotIn("Traceback", lmproxy.output)
+
+    async def test_no_service_outlives_a_killed_lmproxy(self) -> None:
+        """Even after SIGKILL to lmproxy, its services and their children go away."""
+        listen, target = free_ports(2)
+        pidfile = Path(self.mktemp()).resolve()
+        lmproxy = Lmproxy(
+            self,
+            {"Services": [demo_service("k", listen, target, "--spawn-grandchild", str(pidfile))]},
+        )
+        await lmproxy.start()
+        _, headers, _ = await http("GET", f"http://127.0.0.1:{listen}/health")
+        pid = int(headers["x-demo-pid"])
+        await wait_for(pidfile.exists, 10, "the grandchild's pid file")
+        grandchild = int(pidfile.read_text())
+        await lmproxy.stop(signal.SIGKILL)
+        await wait_for(lambda: not pid_alive(pid), 10, "the service to be gone")
+        await wait_for(lambda: not pid_alive(grandchild), 10, "the grandchild to be gone")

@@ -1,0 +1,141 @@
+"""
+Prometheus metrics for ``GET /metrics``, made with prometheus_client.
+
+Gauges and counters are read from ``IBackends.snapshot()`` at scrape time, so
+they always agree with ``/status``; the start duration histogram is fed by
+``IStatusObserver.start_finished``, the one figure a snapshot cannot give.  The
+registry belongs to L{Metrics}, never the process-wide default one, so several
+apps (and tests) never share or clash over series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from zope.interface import implementer
+
+from lmproxy.interfaces import (
+    RUNNING,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    WAITING_FOR_RESOURCES,
+    IBackends,
+    IStatusObserver,
+    Snapshot,
+)
+
+STATES = (STOPPED, WAITING_FOR_RESOURCES, STARTING, RUNNING, STOPPING)
+
+# Model servers take from a second (a small llama.cpp model) to many minutes.
+START_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+class _SnapshotCollector(Collector):
+    """Everything a snapshot tells, read at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        yield GaugeMetricFamily(
+            "lmproxy_start_time_seconds", "When lmproxy started (POSIX seconds).", snap.started_at
+        )
+        yield from self._services(snap)
+        yield from self._resources(snap)
+
+    def _services(self, snap: Snapshot) -> Iterator[Metric]:
+        def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=("service", *extra))
+
+        def counter(name: str, doc: str) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, labels=("service",))
+
+        state = gauge("lmproxy_service_state", "1 for the state the service is in.", ("state",))
+        waiting = gauge(
+            "lmproxy_service_waiting_connections", "Clients waiting for the service to run."
+        )
+        proxied = gauge("lmproxy_service_proxied_connections", "Clients being proxied.")
+        last_used = gauge(
+            "lmproxy_service_last_used_timestamp_seconds", "When a client last used it."
+        )
+        starts = counter("lmproxy_service_starts", "Start attempts.")
+        failed = counter("lmproxy_service_failed_starts", "Start attempts that failed.")
+        evictions = counter(
+            "lmproxy_service_evictions", "Times it was stopped to free resources for another."
+        )
+        for s in snap.services:
+            for name in STATES:
+                state.add_metric([s.name, name], 1 if s.status == name else 0)
+            waiting.add_metric([s.name], s.waiting_connections)
+            proxied.add_metric([s.name], s.proxied_connections)
+            if s.last_used is not None:
+                last_used.add_metric([s.name], s.last_used)
+            starts.add_metric([s.name], s.starts)
+            failed.add_metric([s.name], s.failed_starts)
+            evictions.add_metric([s.name], s.evictions)
+        yield from (state, waiting, proxied, last_used, starts, failed, evictions)
+
+    def _resources(self, snap: Snapshot) -> Iterator[Metric]:
+        def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=("resource", *extra))
+
+        total = gauge("lmproxy_resource_total", "Configured amount (static resources).")
+        measured = gauge("lmproxy_resource_measured", "Last CheckCommand value.")
+        reserved = gauge(
+            "lmproxy_resource_reserved_by_starting_services", "Held by services still starting."
+        )
+        in_use = gauge("lmproxy_resource_in_use", "Held by services.")
+        free = gauge("lmproxy_resource_free", "Available to start another service.")
+        usage = gauge(
+            "lmproxy_resource_usage", "Held, or waited for, by one service.", ("service",)
+        )
+        for r in snap.resources:
+            if r.total is not None:
+                total.add_metric([r.name], r.total)
+            if r.measured is not None:
+                measured.add_metric([r.name], r.measured)
+            reserved.add_metric([r.name], r.reserved_by_starting_services)
+            in_use.add_metric([r.name], r.in_use)
+            if r.free is not None:
+                free.add_metric([r.name], r.free)
+            for service, amount in r.usage_by_service.items():
+                usage.add_metric([r.name, service], amount)
+        yield from (total, measured, reserved, in_use, free, usage)
+
+
+@implementer(IStatusObserver)
+class Metrics:
+    """lmproxy's metrics registry; subscribes to ``backends`` for start durations."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, backends: IBackends) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_SnapshotCollector(backends.snapshot))
+        self._start_duration = Histogram(
+            "lmproxy_service_start_duration_seconds",
+            "How long start attempts took, by result (succeeded or failed).",
+            ("service", "result"),
+            buckets=START_BUCKETS,
+            registry=self.registry,
+        )
+        self.unsubscribe = backends.subscribe(self)
+
+    def render(self) -> bytes:
+        """The text exposition format of every metric."""
+        return generate_latest(self.registry)
+
+    def status_changed(self, snapshot: Snapshot) -> None:
+        """Nothing to do: gauges are read from the snapshot at scrape time."""
+
+    def start_finished(self, service: str, seconds: float, succeeded: bool) -> None:
+        result = "succeeded" if succeeded else "failed"
+        self._start_duration.labels(service, result).observe(seconds)
+
+    def service_evicted(self, service: str) -> None:
+        """Nothing to do: the snapshot counts evictions."""

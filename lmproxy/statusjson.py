@@ -1,0 +1,72 @@
+"""
+Turn a L{Snapshot} into the JSON objects of the management API.
+
+``/status`` and the ``/events`` stream both use these functions, so a service or
+resource object is the same wherever a client sees it.  Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from lmproxy.interfaces import RUNNING, ResourceStatus, ServiceStatus, Snapshot
+
+JSONObject = dict[str, Any]
+
+
+def rfc3339(seconds: float | None) -> str | None:
+    """
+    POSIX seconds as RFC 3339 in UTC with milliseconds and an explicit offset
+    (``2026-11-26T21:04:06.123+00:00``), or None.
+    """
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def service_json(service: ServiceStatus) -> JSONObject:
+    """One service as ``/status`` lists it, with the new and the older field names."""
+    return {
+        "name": service.name,
+        "listen_port": "" if service.listen_port is None else str(service.listen_port),
+        "status": service.status,
+        "waiting_connections": service.waiting_connections,
+        "proxied_connections": service.proxied_connections,
+        "last_used": rfc3339(service.last_used),
+        "service_url": service.service_url,
+        "resource_requirements": dict(service.resource_requirements),
+        "openai_models": list(service.openai_models),
+        "pid": service.pid,
+        "starts": service.starts,
+        "failed_starts": service.failed_starts,
+        "evictions": service.evictions,
+        # The names upstream's README documents, kept for its users' scripts.
+        "is_running": service.status == RUNNING,
+        "active_connections": service.waiting_connections + service.proxied_connections,
+    }
+
+
+def resource_json(resource: ResourceStatus) -> JSONObject:
+    """One resource as ``/status`` maps it; ``measured`` is null for static resources."""
+    return {
+        "name": resource.name,
+        "total": resource.total,
+        "measured": resource.measured,
+        "reserved_by_starting_services": resource.reserved_by_starting_services,
+        "in_use": resource.in_use,
+        "free": resource.free,
+        "usage_by_service": dict(resource.usage_by_service),
+    }
+
+
+def status_json(snapshot: Snapshot) -> JSONObject:
+    """The whole ``/status`` document."""
+    services = [service_json(s) for s in snapshot.services]
+    return {
+        "started_at": rfc3339(snapshot.started_at),
+        "services": services,
+        "resources": {r.name: resource_json(r) for r in snapshot.resources},
+        "all_services": services,
+        "running_services": [s for s in services if s["is_running"]],
+    }

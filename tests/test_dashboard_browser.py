@@ -1,0 +1,437 @@
+"""
+The dashboard in a real headless Chromium (Debian's ``chromium`` and
+``chromium-driver``, driven by selenium), against the real management app on
+a real socket, with L{FakeBackends} standing in for the supervisor.
+
+Selenium blocks, so every browser step runs in a thread (``deferToThread``)
+and waits for its condition with a deadline, while the reactor thread serves
+the page and changes the fake state between steps.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Protocol
+from twisted.internet.threads import deferToThread
+from twisted.protocols.policies import WrappingFactory
+from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web.server import Site
+
+from lmproxy.config import Config, ResourceConfig, ServiceConfig
+from lmproxy.interfaces import RUNNING, STARTING, STOPPED, WAITING_FOR_RESOURCES
+from lmproxy.management import ManagementApi
+from tests.test_management import ScriptedBackends
+
+try:
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.chrome.webdriver import WebDriver as Chrome
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.remote.webelement import WebElement
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    HAVE_SELENIUM = True
+except ImportError:  # pragma: no cover - depends on the machine
+    HAVE_SELENIUM = False
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+WAIT_SECONDS = 15
+
+ALPHA = "alpha"
+ZETA = "zeta-sd-webui"
+MARKUP = "<b>x</b>"
+QWEN = "Qwen/Qwen2.5-7B-Instruct"
+
+T = TypeVar("T")
+
+
+def browser_config(log_dir: str) -> Config:
+    """Four services in an order that sorting by name changes."""
+    return Config(
+        services=(
+            ServiceConfig(
+                name=ZETA,
+                command="webui.sh",
+                proxy_target_port=17860,
+                listen_port=7860,
+                service_url="http://localhost:7860/",
+                log_file_path=os.path.join(log_dir, "zeta.log"),
+                resource_requirements={"VRAM": 2000, "RAM": 24000},
+            ),
+            ServiceConfig(
+                name=MARKUP,
+                command="x",
+                proxy_target_port=18188,
+                listen_port=8188,
+                service_url="javascript:alert(1)",
+                log_file_path=os.path.join(log_dir, "x.log"),
+                resource_requirements={"VRAM": 20000},
+            ),
+            ServiceConfig(
+                name=ALPHA,
+                command="llama-server",
+                proxy_target_port=18081,
+                listen_port=8081,
+                service_url="http://localhost:8081/",
+                openai_api=True,
+                openai_api_models=(ALPHA, "gemma"),
+                log_file_path=os.path.join(log_dir, "alpha.log"),
+                resource_requirements={"VRAM": 12000, "RAM": 3000},
+            ),
+            ServiceConfig(
+                name=QWEN,
+                command="vllm",
+                proxy_target_port=18082,
+                openai_api=True,
+                openai_api_models=(QWEN,),
+                log_file_path=os.path.join(log_dir, "qwen.log"),
+                resource_requirements={"VRAM": 9000},
+            ),
+        ),
+        resources=(ResourceConfig("VRAM", 24000), ResourceConfig("RAM", 32000)),
+    )
+
+
+class ConnectionTracker(WrappingFactory):
+    """Knows the open connections, so the test can cut them and wait until they are gone."""
+
+    def __init__(self, factory: Site) -> None:
+        super().__init__(factory)
+        self._idle: list[Deferred[None]] = []
+
+    def unregisterProtocol(self, p: Protocol) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiters, self._idle = self._idle, []
+            for d in waiters:
+                d.callback(None)
+
+    def close_all(self) -> Deferred[None]:
+        if not self.protocols:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        for p in list(self.protocols):
+            p.transport.abortConnection()
+        return d
+
+
+class DashboardBrowserTests(TestCase):
+    """The dashboard as a person sees it."""
+
+    timeout = 180
+
+    def setUp(self) -> None:
+        if not HAVE_SELENIUM:
+            raise SkipTest("selenium is not installed (pip install selenium)")
+        for path in (CHROMIUM, CHROMEDRIVER):
+            if not os.path.exists(path):
+                raise SkipTest(f"{path} is missing (apt-get install chromium chromium-driver)")
+        from twisted.internet import reactor
+
+        self.reactor: Any = reactor
+        self.tmp = os.path.abspath(self.mktemp())
+        os.makedirs(self.tmp)
+        self.config = browser_config(self.tmp)
+        now = time.time()
+        self.backends = ScriptedBackends(self.config, started_at=now - 26 * 3600)
+        self.backends.service_changes[ZETA] = {"last_used": now - 3 * 3600}
+        self.backends.service_changes[ALPHA] = {"last_used": now - 42, "pid": 41234}
+        self.api = ManagementApi(self.backends, self.config, reactor, log_poll_interval=0.1)
+        self.site = ConnectionTracker(Site(self.api.app.resource()))
+        self.port = self.listen(0)
+        self.url = f"http://127.0.0.1:{self.port_number()}/"
+        self.driver: Chrome | None = None
+
+    def port_number(self) -> int:
+        address = self.port.getHost()
+        assert isinstance(address, IPv4Address)
+        return address.port
+
+    async def stop_listening(self) -> None:
+        stopped = self.port.stopListening()
+        if stopped is not None:
+            await stopped
+
+    def listen(self, number: int) -> IListeningPort:
+        port: IListeningPort = self.reactor.listenTCP(number, self.site, interface="127.0.0.1")
+        return port
+
+    async def outage(self) -> None:
+        """Stop answering: close the listener and every open connection."""
+        await self.stop_listening()
+        await self.site.close_all()
+
+    async def tearDownAsync(self) -> None:
+        if self.driver is not None:
+            await deferToThread(self.driver.quit)
+        await self.stop_listening()
+        await self.site.close_all()
+
+    def tearDown(self) -> Deferred[None]:  # type: ignore[override]
+        return Deferred.fromCoroutine(self.tearDownAsync())
+
+    # Browser helpers: each runs in a thread.
+
+    def start_browser(self) -> Chrome:
+        options = Options()
+        options.binary_location = CHROMIUM
+        for flag in (
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1400,1000",
+            "--force-device-scale-factor=1",
+            f"--user-data-dir={tempfile.mkdtemp(dir=self.tmp)}",
+        ):
+            options.add_argument(flag)
+        service = Service(
+            executable_path=CHROMEDRIVER, log_output=os.path.join(self.tmp, "chromedriver.log")
+        )
+        return Chrome(service=service, options=options)
+
+    def wait(self, condition: Callable[[WebDriver], T], message: str) -> T:
+        assert self.driver is not None
+        return WebDriverWait(self.driver, WAIT_SECONDS, poll_frequency=0.05).until(
+            condition, message
+        )
+
+    def rows(self, driver: WebDriver) -> list[WebElement]:
+        return driver.find_elements(By.CSS_SELECTOR, "tbody.service")
+
+    def label(self, row: WebElement) -> str:
+        text: str = row.find_element(By.CSS_SELECTOR, ".service-name .label").text
+        return text
+
+    def row(self, driver: WebDriver, name: str) -> WebElement:
+        for row in self.rows(driver):
+            if self.label(row) == name:
+                return row
+        raise LookupError(name)
+
+    def names(self, driver: WebDriver) -> list[str]:
+        return [self.label(row) for row in self.rows(driver)]
+
+    def state_of(self, name: str) -> Callable[[WebDriver], str | None]:
+        def state(driver: WebDriver) -> str | None:
+            try:
+                return self.row(driver, name).get_attribute("data-state")
+            except LookupError:
+                return None
+
+        return state
+
+    def wait_state(self, name: str, wanted: str) -> None:
+        self.wait(lambda d: self.state_of(name)(d) == wanted, f"{name} never became {wanted}")
+
+    def mode(self, driver: WebDriver) -> str | None:
+        return driver.find_element(By.ID, "link-state").get_attribute("data-mode")
+
+    async def in_browser(self, step: Callable[[], T]) -> T:
+        result: T = await deferToThread(step)
+        return result
+
+    # The scenario
+
+    def test_dashboard(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.scenario())
+
+    async def scenario(self) -> None:
+        self.driver = await self.in_browser(self.start_browser)
+        driver = self.driver
+        with open(os.path.join(self.tmp, "alpha.log"), "w") as f:
+            f.writelines(f"llama_model_loader: tensor {i} <i>loaded</i>\n" for i in range(300))
+
+        await self.in_browser(self.load_page)
+        await self.in_browser(self.markup_is_text)
+
+        # A client arrives: the service goes from stopped to running, live.
+        self.backends.acquire(ALPHA)
+        await self.in_browser(lambda: self.wait_connections(ALPHA, 0, 1))
+        self.backends.finish_start(ALPHA)
+        await self.in_browser(lambda: self.wait_state(ALPHA, RUNNING))
+        await self.in_browser(lambda: self.wait_connections(ALPHA, 1, 0))
+        self.assertEqual(await self.in_browser(lambda: self.mode(driver)), "live")
+
+        await self.in_browser(self.sort_by_name_and_reload)
+        await self.in_browser(self.follow_log)
+        with open(os.path.join(self.tmp, "alpha.log"), "a") as f:
+            f.write("srv  update_slots: all slots are idle\n")
+        await self.in_browser(
+            lambda: self.wait(
+                lambda d: d.find_element(By.CSS_SELECTOR, "pre.log").text.endswith(
+                    "all slots are idle"
+                ),
+                "the new log line never showed",
+            )
+        )
+
+        # A varied, realistic picture for the README.
+        self.backends.finish_start(ZETA)
+        self.backends.set_state(QWEN, STARTING)
+        self.backends.acquire(MARKUP)
+        self.backends.set_state(MARKUP, WAITING_FOR_RESOURCES)
+        await self.in_browser(lambda: self.wait_state(MARKUP, WAITING_FOR_RESOURCES))
+        await self.in_browser(self.screenshot)
+
+        # Stop an idle service: no question asked.
+        self.backends.set_state(QWEN, STOPPED)
+        await self.in_browser(lambda: self.click(ZETA, "button.stop"))
+        await self.in_browser(lambda: self.wait_state(ZETA, STOPPED))
+        self.assertEqual(self.backends.stop_calls, [(ZETA, False)])
+
+        # Stop a busy one: 409, the page asks, then stops with force.
+        await self.in_browser(lambda: self.click(ALPHA, "button.stop"))
+        await self.in_browser(self.confirm_force)
+        await self.in_browser(lambda: self.wait_state(ALPHA, STOPPED))
+        self.assertEqual(self.backends.stop_calls, [(ZETA, False), (ALPHA, False), (ALPHA, True)])
+
+        # Start from the page: the button waits for the start, then it runs.
+        await self.in_browser(lambda: self.click(ZETA, "button.start"))
+        await self.in_browser(self.wait_starting(ZETA))
+        self.backends.finish_start(ZETA)
+        await self.in_browser(lambda: self.wait_state(ZETA, RUNNING))
+        await self.in_browser(lambda: self.wait_connections(ZETA, 0, 0))
+
+        self.assertEqual(await self.in_browser(self.script_errors), [])
+
+        # lmproxy unreachable: the banner; back: live again.
+        port_number = self.port_number()
+        await self.outage()
+        await self.in_browser(
+            lambda: self.wait(
+                lambda d: d.find_element(By.ID, "banner").is_displayed(), "no error banner"
+            )
+        )
+        self.port = self.listen(port_number)
+        await self.in_browser(
+            lambda: self.wait(
+                lambda d: (
+                    not d.find_element(By.ID, "banner").is_displayed()
+                    and self.mode(d) in ("polling", "live")
+                ),
+                "the banner stayed",
+            )
+        )
+        await self.in_browser(
+            lambda: self.wait(lambda d: self.mode(d) == "live", "the stream never came back")
+        )
+
+    def load_page(self) -> None:
+        assert self.driver is not None
+        self.driver.get(self.url)
+        self.wait(lambda d: len(self.rows(d)) == 4, "the services never showed")
+        self.wait(lambda d: self.mode(d) == "live", "the event stream never opened")
+        self.assertEqual(self.driver.title, "lmproxy")
+        self.assertEqual(self.names(self.driver), [ZETA, MARKUP, ALPHA, QWEN])
+
+    def markup_is_text(self) -> None:
+        assert self.driver is not None
+        row = self.row(self.driver, MARKUP)
+        label = row.find_element(By.CSS_SELECTOR, ".service-name .label")
+        self.assertEqual(label.text, MARKUP)
+        self.assertEqual(label.find_elements(By.CSS_SELECTOR, "*"), [])
+        # Not a link: its ServiceUrl is javascript:, which the page refuses.
+        self.assertEqual(row.find_element(By.CSS_SELECTOR, ".service-name").tag_name, "span")
+        # A proper one is a link that opens in a new tab.
+        link = self.row(self.driver, ALPHA).find_element(By.CSS_SELECTOR, "a.service-name")
+        self.assertEqual(link.get_attribute("href"), "http://localhost:8081/")
+        self.assertEqual(link.get_attribute("target"), "_blank")
+
+    def wait_connections(self, name: str, proxied: int, waiting: int) -> None:
+        def counts(driver: WebDriver) -> list[str]:
+            cell = self.row(driver, name).find_element(By.CSS_SELECTOR, "td.connections")
+            return [b.text for b in cell.find_elements(By.CSS_SELECTOR, ".count b")]
+
+        self.wait(
+            lambda d: counts(d) == [str(proxied), str(waiting)],
+            f"{name} never showed {proxied} proxied and {waiting} waiting",
+        )
+
+    def sort_by_name_and_reload(self) -> None:
+        assert self.driver is not None
+        by_name = sorted([ZETA, MARKUP, ALPHA, QWEN], key=str.casefold)
+        self.driver.find_element(By.CSS_SELECTOR, 'th[data-sort="name"] button').click()
+        self.wait(lambda d: self.names(d) == by_name, "never sorted by name")
+        self.driver.find_element(By.CSS_SELECTOR, 'th[data-sort="name"] button').click()
+        self.wait(lambda d: self.names(d) == by_name[::-1], "never sorted backwards")
+        self.driver.find_element(By.CSS_SELECTOR, 'th[data-sort="name"] button').click()
+        self.driver.refresh()
+        self.wait(lambda d: self.mode(d) == "live", "the event stream never reopened")
+        self.wait(lambda d: len(self.rows(d)) == 4, "the services never showed")
+        self.assertEqual(self.names(self.driver), by_name, "the order was forgotten")
+        self.assertEqual(self.driver.find_element(By.ID, "sort-key").get_attribute("value"), "name")
+
+    def follow_log(self) -> None:
+        assert self.driver is not None
+        self.row(self.driver, ALPHA).find_element(By.CSS_SELECTOR, "button.logs").click()
+        log = self.wait(lambda d: d.find_element(By.CSS_SELECTOR, "pre.log"), "no log panel")
+        self.wait(lambda d: "tensor 299 <i>loaded</i>" in log.text, "the tail never showed")
+        self.assertEqual(len(log.text.splitlines()), 200)
+        self.assertEqual(log.find_elements(By.CSS_SELECTOR, "i"), [])
+        self.wait(
+            lambda d: d.find_element(By.CSS_SELECTOR, ".log-state").text == "following",
+            "not following",
+        )
+
+    def click(self, name: str, selector: str) -> None:
+        assert self.driver is not None
+        self.row(self.driver, name).find_element(By.CSS_SELECTOR, selector).click()
+
+    def wait_starting(self, name: str) -> Callable[[], None]:
+        def step() -> None:
+            def starting(driver: WebDriver) -> bool:
+                button = self.row(driver, name).find_element(By.CSS_SELECTOR, "button.start")
+                return button.text == "Starting…" and not button.is_enabled()
+
+            self.wait(starting, f"the start button of {name} never showed the start")
+
+        return step
+
+    def script_errors(self) -> list[dict[str, Any]]:
+        assert self.driver is not None
+        return [e for e in self.driver.get_log("browser") if e.get("source") == "javascript"]
+
+    def confirm_force(self) -> None:
+        self.wait(lambda d: d.find_element(By.ID, "confirm").is_displayed(), "no question asked")
+        assert self.driver is not None
+        dialog = self.driver.find_element(By.ID, "confirm")
+        self.assertIn("1 proxied connection", dialog.text)
+        dialog.find_element(By.ID, "confirm-force").click()
+
+    def screenshot(self) -> None:
+        assert self.driver is not None
+        # The whole page, not only what fits the window.
+        width, height = self.driver.execute_script(
+            "const e = document.documentElement; return [e.scrollWidth, e.scrollHeight];"
+        )
+        shot = self.driver.execute_cdp_cmd(
+            "Page.captureScreenshot",
+            {
+                "format": "png",
+                "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+            },
+        )
+        path = os.path.join(self.tmp, "dashboard.png")
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(shot["data"]))
+        if os.path.isdir(DOCS):
+            shutil.copyfile(path, os.path.join(DOCS, "dashboard.png"))

@@ -317,6 +317,7 @@ class ServiceProcess:
         self._log_file: IO[bytes] | None = None
         self._splitters = {1: LineSplitter(), 2: LineSplitter()}
         self._transport: IProcessTransport | None = None
+        self._kill_command_run: Deferred[ShellResult] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -375,14 +376,22 @@ class ServiceProcess:
         """
         name = self._config.name
         if use_kill_command and self._config.kill_command:
-            result = await run_shell(
-                self._reactor,
-                self._config.kill_command,
-                KILL_COMMAND_TIMEOUT_SECONDS,
-                cwd=self._config.work_dir,
-                signal_group=self._signal_group,
+            run = self._kill_command_run = Deferred.fromCoroutine(
+                run_shell(
+                    self._reactor,
+                    self._config.kill_command,
+                    KILL_COMMAND_TIMEOUT_SECONDS,
+                    cwd=self._config.work_dir,
+                    signal_group=self._signal_group,
+                )
             )
-            if result.exit_code != 0:
+            try:
+                result: ShellResult | None = await run
+            except CancelledError:
+                result = None  # kill(): no more waiting for it
+            finally:
+                self._kill_command_run = None
+            if result is not None and result.exit_code != 0:
                 self.log.warn(
                     "{service}: KillCommand failed ({how}): {output}",
                     service=name,
@@ -398,8 +407,13 @@ class ServiceProcess:
             self._registry.discard(self.pid)
 
     def kill(self) -> None:
-        """SIGKILL the whole group now (lmproxy is asked to quit at once)."""
+        """
+        SIGKILL the whole group now (lmproxy is asked to quit at once), and a
+        KillCommand still running, so that a stop in progress ends at once.
+        """
         self.group.signal(signal.SIGKILL)
+        if self._kill_command_run is not None:
+            self._kill_command_run.cancel()
 
     def _output(self, fd: int, data: bytes) -> None:
         if self._log_file is not None:

@@ -155,6 +155,8 @@ class Supervisor(Service):
         self._fresh: set[str] = set()
         self._checks: dict[str, Deferred[None]] = {}
         self._recheck_timers: dict[str, IDelayedCall] = {}
+        # Groups of processes that exited on their own, still being ended.
+        self._leftovers: dict[ServiceProcess, Deferred[None]] = {}
 
     # -- IService ---------------------------------------------------------
 
@@ -175,6 +177,7 @@ class Supervisor(Service):
         stops = [
             self._stop(service, "lmproxy is shutting down") for service in self._services.values()
         ]
+        stops.extend(self._leftovers.values())
         return gatherResults(stops, consumeErrors=True).addCallback(lambda _: None)
 
     def kill_all(self) -> None:
@@ -183,6 +186,8 @@ class Supervisor(Service):
             if service.process is not None:
                 self.log.warn("{service}: killing at once", service=service.name)
                 service.process.kill()
+        for process in self._leftovers:
+            process.kill()
 
     # -- IBackends --------------------------------------------------------
 
@@ -513,6 +518,8 @@ class Supervisor(Service):
         self._changed()
         for waiter in waiters:
             waiter.deferred.callback(None)
+        if not svc.leases and self._queue:
+            self._schedule()  # nobody uses it (its clients left): it may be evicted now
 
     async def _start_failed(self, svc: _Service, reason: str) -> None:
         svc.failed_starts += 1
@@ -543,8 +550,19 @@ class Supervisor(Service):
             how=process.exit_description,
         )
         self._become_stopped(svc)
-        # Its children may live on in its group: end them, off the critical path.
-        Deferred.fromCoroutine(process.stop(use_kill_command=False))
+        # Its children may live on in its group: end them, off the critical path
+        # (but shutdown waits for them, and kill_all kills them).
+        cleanup = Deferred.fromCoroutine(process.stop(use_kill_command=False))
+        if not cleanup.called:
+            self._leftovers[process] = cleanup
+
+            def forget(_: object) -> None:
+                del self._leftovers[process]
+
+            cleanup.addErrback(
+                lambda f: self.log.failure("{service}: stopping failed", f, service=svc.name)
+            )
+            cleanup.addBoth(forget)
 
     # -- stopping ---------------------------------------------------------
 

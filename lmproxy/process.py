@@ -375,6 +375,8 @@ class ServiceProcess:
         group, SIGKILL it after the grace period, and wait until it is gone.
         """
         name = self._config.name
+        if self.pid is None:
+            return  # never spawned: nothing to stop, no KillCommand to run
         if use_kill_command and self._config.kill_command:
             run = self._kill_command_run = Deferred.fromCoroutine(
                 run_shell(

@@ -332,6 +332,12 @@ class Supervisor(Service):
             if not self._measured_fresh(measured):
                 return False
             missing = self._ledger.shortfall(requirements, measured)
+            unknown = [r for r in missing if self._ledger.measured.get(r) is None]
+            if unknown:
+                # A CheckCommand that gave no value must not make lmproxy evict
+                # services for nothing: try it again later instead.
+                self._recheck_later(unknown)
+                return False
         if not missing:
             self._start(svc)
             return True
@@ -654,17 +660,18 @@ class Supervisor(Service):
     def _touch(self, svc: _Service) -> None:
         svc.last_used = self._reactor.seconds()
         if svc.state == RUNNING:
-            svc.cancel_idle_timer()
-            svc.idle_timer = self._reactor.callLater(
-                svc.config.idle_timeout, self._idle_expired, svc
-            )
+            self._arm_idle_timer(svc)
+
+    def _arm_idle_timer(self, svc: _Service) -> None:
+        svc.cancel_idle_timer()
+        svc.idle_timer = self._reactor.callLater(svc.config.idle_timeout, self._idle_expired, svc)
 
     def _idle_expired(self, svc: _Service) -> None:
         svc.idle_timer = None
         if svc.state != RUNNING:
             return
         if svc.leases:
-            self._touch(svc)
+            self._arm_idle_timer(svc)  # busy: look again later, last_used unchanged
             return
         self._stop(svc, f"idle for {svc.config.idle_timeout:g} s")
 

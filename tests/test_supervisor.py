@@ -494,8 +494,11 @@ class FailedStartTests(SupervisorTestCase):
         self.successResultOf(d)
 
     def test_bad_args(self) -> None:
-        """Args that cannot be split fail the start at once; nothing is spawned."""
-        self.supervise([self.service("A", {"VRAM": 6}, args="'open")], [ResourceConfig("VRAM", 10)])
+        """Args that cannot be split fail the start at once; nothing is spawned or killed."""
+        self.supervise(
+            [self.service("A", {"VRAM": 6}, args="'open", kill_command="docker kill a")],
+            [ResourceConfig("VRAM", 10)],
+        )
         d = self.acquire("A")
         failure = self.failureResultOf(d, ServiceUnavailable)
         self.assertIn("service 'A' failed to start: Args", str(failure.value))
@@ -928,8 +931,10 @@ class IdleTests(SupervisorTestCase):
     def test_rearmed_while_busy(self) -> None:
         """While a lease is held the service is never stopped for idleness."""
         lease = self.lease("A")
+        used = self.status("A").last_used
         self.reactor.advance(60)
         self.assertEqual(self.state("A"), RUNNING)
+        self.assertEqual(self.status("A").last_used, used, "re-arming is not a use")
         self.reactor.advance(65)
         self.assertEqual(self.state("A"), RUNNING)
         lease.release()
@@ -1325,6 +1330,23 @@ class MeasuredResourceTests(SupervisorTestCase):
             [e["output"] for e in events if e.get("resource") == "VRAM" and "output" in e],
             ["N/A"],
         )
+
+    def test_no_value_evicts_nothing(self) -> None:
+        """A CheckCommand that prints no number makes the service wait, not evict."""
+        self.measure(b"10000\n")
+        a = self.measured_lease("A", b"10000\n")
+        a.release()
+        d = self.acquire("B")
+        self.measure(b"N/A\n")
+        self.assertEqual(self.state("A"), RUNNING, "nothing is evicted on an unknown value")
+        self.assertEqual(self.state("B"), WAITING_FOR_RESOURCES)
+        self.assertEqual(self.shells(self.CHECK)[-1].exited, True)
+        self.reactor.advance(2.0)  # CheckWhenNotEnoughIntervalMilliseconds later: measured again
+        self.measure(b"5000\n")
+        self.assertEqual(self.state("A"), STOPPED, "a real shortfall evicts the idle service")
+        self.measure(b"10000\n")
+        self.ready("B")
+        self.successResultOf(d)
 
     def test_checked_again_before_start(self) -> None:
         """A service needing the resource checks it again before it starts."""

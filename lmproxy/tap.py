@@ -34,6 +34,10 @@ from lmproxy.process import SETSID
 from lmproxy.supervisor import Supervisor
 from lmproxy.watchdog import Watchdog
 
+# Bursts of new clients (hundreds of concurrent requests) must not overflow the
+# accept queue: with Twisted's default of 50 they are dropped and retry after 1 s.
+LISTEN_BACKLOG = 1024
+
 
 class Options(usage.Options):
     """Command line of ``twistd lmproxy`` and of the ``lmproxy`` script."""
@@ -129,7 +133,8 @@ class ShutdownSignals(Service):
 
 
 def _listen(parent: MultiService, reactor: Any, port: int, factory: Factory[Any]) -> None:
-    listener = StreamServerEndpointService(TCP4ServerEndpoint(reactor, port), factory)
+    endpoint = TCP4ServerEndpoint(reactor, port, backlog=LISTEN_BACKLOG)
+    listener = StreamServerEndpointService(endpoint, factory)
     # A port that cannot be opened stops lmproxy with a clear error.
     listener._raiseSynchronously = True
     listener.setServiceParent(parent)
@@ -169,14 +174,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
 
 def _openai_site(supervisor: Supervisor, config: Config, reactor: Any) -> Site:
-    from twisted.web.client import Agent, HTTPConnectionPool
-
+    from lmproxy.httpforward import backend_agent
     from lmproxy.openai import OpenAiApi
 
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 64
-    api = OpenAiApi(supervisor, config, Agent(reactor, pool=pool), reactor)
-    return Site(api.app.resource())
+    return OpenAiApi(supervisor, config, backend_agent(reactor), reactor).site()
 
 
 def _management_site(supervisor: Supervisor, config: Config, reactor: Any) -> Site:

@@ -1,0 +1,244 @@
+"""
+Forward one HTTP request to a backend and relay its response as it arrives.
+
+The OpenAI listener (L{lmproxy.openai}) terminates HTTP and forwards each
+request on its own through an C{IAgent} (a persistent connection pool in
+production).  This module is the byte-moving half of that: hop-by-hop header
+filtering, the request body producer, and the response relay that streams the
+backend's body to the client with flow control.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+)
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTCP, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import URI, Agent, HTTPConnectionPool, PotentialDataLoss, ResponseDone
+from twisted.web.http import NO_BODY_CODES
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
+from twisted.web.server import Request
+from zope.interface import implementer
+
+log = Logger()
+
+# RFC 9110 section 7.6.1, plus the Proxy-* family (checked by prefix).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# Not passed to the backend either: the agent writes its own Host and
+# Content-Length, and twisted.web has already answered any Expect: 100-continue.
+_REQUEST_ONLY = frozenset({b"host", b"content-length", b"expect"})
+
+
+def end_to_end_headers(headers: Headers, also_drop: frozenset[bytes] = frozenset()) -> Headers:
+    """
+    A copy of ``headers`` without the hop-by-hop ones: those of L{HOP_BY_HOP},
+    every ``Proxy-*`` header, those the ``Connection`` header names, and
+    ``also_drop`` (lower-case names).
+    """
+    named = {
+        token.strip().lower()
+        for value in headers.getRawHeaders(b"connection", [])
+        for token in value.split(b",")
+    }
+    kept = Headers()
+    for name, values in headers.getAllRawHeaders():
+        lower = name.lower()
+        if (
+            lower in HOP_BY_HOP
+            or lower.startswith(b"proxy-")
+            or lower in named
+            or lower in also_drop
+        ):
+            continue
+        kept.setRawHeaders(name, list(values))
+    return kept
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """
+    A request body already held in memory, written in one go.
+
+    twisted.web has read the whole client body before the route runs, so there
+    is nothing to stream; this also avoids C{FileBodyProducer}, whose default
+    cooperator runs on the global reactor.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        """Nothing is left to pause once startProducing has returned."""
+
+    def resumeProducing(self) -> None:
+        """Nothing is left to resume once startProducing has returned."""
+
+    def stopProducing(self) -> None:
+        """Nothing is left to stop once startProducing has returned."""
+
+
+@implementer(IAgentEndpointFactory)
+class _BackendEndpoints:
+    """
+    Endpoints to backends.  An IP address (what leases carry) is connected to
+    directly: C{Agent}'s default C{HostnameEndpoint} would resolve it with
+    getaddrinfo in the reactor's thread pool for every new connection, which
+    makes a burst of new connections wait for that pool.
+    """
+
+    def __init__(self, reactor: IReactorTCP) -> None:
+        self._reactor = reactor
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        host = uri.host.decode("ascii")
+        if isIPv6Address(host):
+            return TCP6ClientEndpoint(self._reactor, host, uri.port)
+        if isIPAddress(host):
+            return TCP4ClientEndpoint(self._reactor, host, uri.port)
+        return HostnameEndpoint(self._reactor, uri.host, uri.port)
+
+
+def backend_agent(reactor: IReactorTCP) -> IAgent:
+    """
+    The agent to forward with: a persistent connection pool, and IP addresses
+    connected to without name resolution.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    # Keep enough idle connections for bursts of concurrent requests to one model
+    # server (Twisted's default keeps 2 per host and closes the rest).
+    pool.maxPersistentPerHost = 32
+    return Agent.usingEndpointFactory(reactor, _BackendEndpoints(reactor), pool=pool)
+
+
+def send(agent: IAgent, request: Request, host: str, port: int, body: bytes) -> Deferred[IResponse]:
+    """
+    Send ``request`` (method, path and query, end-to-end headers) with
+    ``body`` to the backend at ``host:port``.  The agent sets Host.
+    """
+    authority = f"[{host}]" if ":" in host else host
+    url = b"http://%s:%d%s" % (authority.encode("ascii"), port, request.uri)
+    headers = end_to_end_headers(request.requestHeaders, _REQUEST_ONLY)
+    return agent.request(request.method, url, headers, BytesProducer(body))
+
+
+def relay(response: IResponse, request: Request, service: str) -> Deferred[None]:
+    """
+    Copy ``response`` to ``request``: status, end-to-end headers, then the
+    body as it arrives.  The result fires once the client's response is over
+    (finished, or the client's connection closed); cancelling it stops the
+    backend response.
+    """
+    request.setResponseCode(response.code, response.phrase)
+    # The agent keeps the connection headers (Connection, Keep-Alive,
+    # Content-Length, Transfer-Encoding, ...) to itself; filter the rest anyway.
+    for name, values in end_to_end_headers(response.headers).getAllRawHeaders():
+        request.responseHeaders.setRawHeaders(name, list(values))
+    declared_length = response.length is not UNKNOWN_LENGTH and response.code not in NO_BODY_CODES
+    if declared_length:
+        # Keeps a sized body sized for the client instead of re-chunking it.
+        request.setHeader(b"Content-Length", b"%d" % response.length)
+    # The backend's Content-Type (or its absence) is the answer; never invent one.
+    request.defaultContentType = None
+    body = ResponseRelay(request, service, declared_length)
+    response.deliverBody(body)
+    return body.done
+
+
+@implementer(IPushProducer)
+class ResponseRelay(Protocol):
+    """
+    Receives a backend response body and writes it to a twisted.web request
+    chunk by chunk.
+
+    It is the request's streaming producer: when the client reads slower than
+    the backend writes, twisted.web pauses it and it pauses the backend's
+    transport.  When the client goes away it stops the backend response, which
+    closes that backend connection (cancelling the generation).
+    """
+
+    def __init__(self, request: Request, service: str, declared_length: bool) -> None:
+        self._request = request
+        self._service = service
+        self._declared_length = declared_length
+        self._client_gone = False
+        self.done: Deferred[None] = Deferred(lambda _: self.stopProducing())
+        request.notifyFinish().addErrback(self._client_left)
+
+    def connectionMade(self) -> None:
+        self._request.registerProducer(self, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._client_gone:
+            self._request.write(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._client_gone:
+            self._fire()
+            return
+        self._request.unregisterProducer()
+        if not reason.check(ResponseDone, PotentialDataLoss):
+            log.warn(
+                "Backend {service} ended its response early: {reason}",
+                service=self._service,
+                reason=reason.getErrorMessage(),
+            )
+            if self._declared_length:
+                # The client was promised Content-Length bytes that will never
+                # come: only closing its connection ends its wait.  done fires
+                # from _client_left once the connection is gone.
+                self._request.loseConnection()
+                return
+        # Complete, or a chunked stream cut short: end it cleanly with what was sent.
+        self._request.finish()
+        self._fire()
+
+    def _client_left(self, reason: Failure) -> None:
+        self.stopProducing()
+        self._fire()
+
+    def _fire(self) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+    def _backend(self) -> IPushProducer:
+        # Response.deliverBody connects us to a transport that is a push producer.
+        return cast(IPushProducer, self.transport)
+
+    def pauseProducing(self) -> None:
+        if not self._client_gone:
+            self._backend().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if not self._client_gone:
+            self._backend().resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The client is gone: drop the backend response (closes that connection)."""
+        if not self._client_gone:
+            self._client_gone = True
+            self._backend().stopProducing()

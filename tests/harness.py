@@ -18,8 +18,9 @@ from typing import Any
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -48,6 +49,39 @@ def port_open(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def listening_ports(pid: int) -> set[int]:
+    """
+    The TCP ports on which process ``pid`` listens, read from ``/proc`` (Linux).
+
+    Unlike L{port_open}, this never connects: a connection to a service's
+    port is a client, and would start the service.
+    """
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return set()
+    inodes = set()
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 9 is the inode.
+            if fields[3] == "0A" and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def pid_alive(pid: int) -> bool:
@@ -84,6 +118,35 @@ def demo_service(
         service["ListenPort"] = str(listen_port)
     service.update(keys)
     return service
+
+
+class RawClient(Protocol):
+    """A plain TCP client that records what it receives and when it is closed."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.closed: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.closed.callback(None)
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def close(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+
+async def raw_connect(port: int) -> RawClient:
+    """A L{RawClient} connected to ``port`` on 127.0.0.1."""
+    protocol = RawClient()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol)
+    return protocol
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -161,12 +224,23 @@ class Lmproxy:
         self.test.addCleanup(self._kill)
 
     async def start(self, timeout: float = 15) -> float:
-        """Spawn lmproxy and wait until every port listens; returns how long that took."""
+        """
+        Spawn lmproxy and wait until it listens on every port; returns how long
+        that took.  Nothing connects, so no service is started.
+        """
         began = reactor.seconds()
         self.spawn()
-        ports = self.ports()
+        ports = set(self.ports())
+        assert self.pid is not None
+        pid = self.pid
         try:
-            await wait_for(lambda: all(port_open(p) for p in ports), timeout, "lmproxy to listen")
+            await wait_for(
+                lambda: self.has_exited() or ports <= listening_ports(pid),
+                timeout,
+                "lmproxy to listen",
+            )
+            if self.has_exited():
+                raise AssertionError("lmproxy exited")
         except AssertionError:
             raise AssertionError(f"lmproxy did not listen; its output:\n{self.output}") from None
         return reactor.seconds() - began

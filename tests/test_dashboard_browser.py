@@ -1,16 +1,19 @@
 """
 The dashboard in a real headless Chromium (Debian's ``chromium`` and
-``chromium-driver``, driven by selenium), against the real management app on
-a real socket, with L{FakeBackends} standing in for the supervisor.
+``chromium-driver``, driven by selenium): against the real management app on
+a real socket with L{FakeBackends} standing in for the supervisor (every
+state, on cue), and against a real ``twistd -n lmproxy`` with demo model
+servers (the real thing, end to end; its screenshot is the README's).
 
 Selenium blocks, so every browser step runs in a thread (``deferToThread``)
 and waits for its condition with a deadline, while the reactor thread serves
-the page and changes the fake state between steps.
+the page and changes the state between steps.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import tempfile
@@ -30,6 +33,7 @@ from twisted.web.server import Site
 from lmproxy.config import Config, ResourceConfig, ServiceConfig
 from lmproxy.interfaces import RUNNING, STARTING, STOPPED, WAITING_FOR_RESOURCES
 from lmproxy.management import ManagementApi
+from tests.harness import Lmproxy, demo_service, free_ports, http, raw_connect, wait_for
 from tests.test_management import ScriptedBackends
 
 try:
@@ -129,62 +133,30 @@ class ConnectionTracker(WrappingFactory):
         return d
 
 
-class DashboardBrowserTests(TestCase):
-    """The dashboard as a person sees it."""
+def require_browser() -> None:
+    """Skip unless selenium, Chromium and its driver are installed."""
+    if not HAVE_SELENIUM:
+        raise SkipTest("selenium is not installed (pip install selenium)")
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.path.exists(path):
+            raise SkipTest(f"{path} is missing (apt-get install chromium chromium-driver)")
 
-    timeout = 180
 
-    def setUp(self) -> None:
-        if not HAVE_SELENIUM:
-            raise SkipTest("selenium is not installed (pip install selenium)")
-        for path in (CHROMIUM, CHROMEDRIVER):
-            if not os.path.exists(path):
-                raise SkipTest(f"{path} is missing (apt-get install chromium chromium-driver)")
-        from twisted.internet import reactor
+class BrowserTestCase(TestCase):
+    """
+    The steps a person takes in the dashboard, for the tests below: each
+    blocks, so it runs in a thread (L{in_browser}) and waits for its condition
+    with a deadline.  A subclass sets C{self.tmp} (artifacts, the browser's
+    profile) in C{setUp} and C{self.driver} once the browser runs.
+    """
 
-        self.reactor: Any = reactor
-        self.tmp = os.path.abspath(self.mktemp())
-        os.makedirs(self.tmp)
-        self.config = browser_config(self.tmp)
-        now = time.time()
-        self.backends = ScriptedBackends(self.config, started_at=now - 26 * 3600)
-        self.backends.service_changes[ZETA] = {"last_used": now - 3 * 3600}
-        self.backends.service_changes[ALPHA] = {"last_used": now - 42, "pid": 41234}
-        self.api = ManagementApi(self.backends, self.config, reactor, log_poll_interval=0.1)
-        self.site = ConnectionTracker(Site(self.api.app.resource()))
-        self.port = self.listen(0)
-        self.url = f"http://127.0.0.1:{self.port_number()}/"
-        self.driver: Chrome | None = None
+    tmp: str
+    driver: Chrome | None = None
 
-    def port_number(self) -> int:
-        address = self.port.getHost()
-        assert isinstance(address, IPv4Address)
-        return address.port
-
-    async def stop_listening(self) -> None:
-        stopped = self.port.stopListening()
-        if stopped is not None:
-            await stopped
-
-    def listen(self, number: int) -> IListeningPort:
-        port: IListeningPort = self.reactor.listenTCP(number, self.site, interface="127.0.0.1")
-        return port
-
-    async def outage(self) -> None:
-        """Stop answering: close the listener and every open connection."""
-        await self.stop_listening()
-        await self.site.close_all()
-
-    async def tearDownAsync(self) -> None:
+    async def quit_browser(self) -> None:
         if self.driver is not None:
-            await deferToThread(self.driver.quit)
-        await self.stop_listening()
-        await self.site.close_all()
-
-    def tearDown(self) -> Deferred[None]:  # type: ignore[override]
-        return Deferred.fromCoroutine(self.tearDownAsync())
-
-    # Browser helpers: each runs in a thread.
+            driver, self.driver = self.driver, None
+            await deferToThread(driver.quit)
 
     def start_browser(self) -> Chrome:
         options = Options()
@@ -247,6 +219,105 @@ class DashboardBrowserTests(TestCase):
     async def in_browser(self, step: Callable[[], T]) -> T:
         result: T = await deferToThread(step)
         return result
+
+    def wait_connections(self, name: str, proxied: int, waiting: int) -> None:
+        def counts(driver: WebDriver) -> list[str]:
+            cell = self.row(driver, name).find_element(By.CSS_SELECTOR, "td.connections")
+            return [b.text for b in cell.find_elements(By.CSS_SELECTOR, ".count b")]
+
+        self.wait(
+            lambda d: counts(d) == [str(proxied), str(waiting)],
+            f"{name} never showed {proxied} proxied and {waiting} waiting",
+        )
+
+    def click(self, name: str, selector: str) -> None:
+        assert self.driver is not None
+        self.row(self.driver, name).find_element(By.CSS_SELECTOR, selector).click()
+
+    def script_errors(self) -> list[dict[str, Any]]:
+        assert self.driver is not None
+        return [e for e in self.driver.get_log("browser") if e.get("source") == "javascript"]
+
+    def confirm_force(self) -> None:
+        self.wait(lambda d: d.find_element(By.ID, "confirm").is_displayed(), "no question asked")
+        assert self.driver is not None
+        dialog = self.driver.find_element(By.ID, "confirm")
+        self.assertIn("1 proxied connection", dialog.text)
+        dialog.find_element(By.ID, "confirm-force").click()
+
+    def screenshot(self, for_docs: bool = False) -> None:
+        """
+        The whole page as C{dashboard.png} in C{self.tmp}, the test's artifact;
+        C{for_docs}: also as C{docs/dashboard.png}, the README's picture.
+        """
+        assert self.driver is not None
+        # The whole page, not only what fits the window.
+        width, height = self.driver.execute_script(
+            "const e = document.documentElement; return [e.scrollWidth, e.scrollHeight];"
+        )
+        shot = self.driver.execute_cdp_cmd(
+            "Page.captureScreenshot",
+            {
+                "format": "png",
+                "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+            },
+        )
+        path = os.path.join(self.tmp, "dashboard.png")
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(shot["data"]))
+        if for_docs and os.path.isdir(DOCS):
+            shutil.copyfile(path, os.path.join(DOCS, "dashboard.png"))
+
+
+class DashboardBrowserTests(BrowserTestCase):
+    """The dashboard as a person sees it."""
+
+    timeout = 180
+
+    def setUp(self) -> None:
+        require_browser()
+        from twisted.internet import reactor
+
+        self.reactor: Any = reactor
+        self.tmp = os.path.abspath(self.mktemp())
+        os.makedirs(self.tmp)
+        self.config = browser_config(self.tmp)
+        now = time.time()
+        self.backends = ScriptedBackends(self.config, started_at=now - 26 * 3600)
+        self.backends.service_changes[ZETA] = {"last_used": now - 3 * 3600}
+        self.backends.service_changes[ALPHA] = {"last_used": now - 42, "pid": 41234}
+        self.api = ManagementApi(self.backends, self.config, reactor, log_poll_interval=0.1)
+        self.site = ConnectionTracker(Site(self.api.app.resource()))
+        self.port = self.listen(0)
+        self.url = f"http://127.0.0.1:{self.port_number()}/"
+
+    def port_number(self) -> int:
+        address = self.port.getHost()
+        assert isinstance(address, IPv4Address)
+        return address.port
+
+    async def stop_listening(self) -> None:
+        stopped = self.port.stopListening()
+        if stopped is not None:
+            await stopped
+
+    def listen(self, number: int) -> IListeningPort:
+        port: IListeningPort = self.reactor.listenTCP(number, self.site, interface="127.0.0.1")
+        return port
+
+    async def outage(self) -> None:
+        """Stop answering: close the listener and every open connection."""
+        await self.stop_listening()
+        await self.site.close_all()
+
+    async def tearDownAsync(self) -> None:
+        await self.quit_browser()
+        await self.stop_listening()
+        await self.site.close_all()
+
+    def tearDown(self) -> Deferred[None]:  # type: ignore[override]
+        return Deferred.fromCoroutine(self.tearDownAsync())
 
     # The scenario
 
@@ -355,16 +426,6 @@ class DashboardBrowserTests(TestCase):
         self.assertEqual(link.get_attribute("href"), "http://localhost:8081/")
         self.assertEqual(link.get_attribute("target"), "_blank")
 
-    def wait_connections(self, name: str, proxied: int, waiting: int) -> None:
-        def counts(driver: WebDriver) -> list[str]:
-            cell = self.row(driver, name).find_element(By.CSS_SELECTOR, "td.connections")
-            return [b.text for b in cell.find_elements(By.CSS_SELECTOR, ".count b")]
-
-        self.wait(
-            lambda d: counts(d) == [str(proxied), str(waiting)],
-            f"{name} never showed {proxied} proxied and {waiting} waiting",
-        )
-
     def sort_by_name_and_reload(self) -> None:
         assert self.driver is not None
         by_name = sorted([ZETA, MARKUP, ALPHA, QWEN], key=str.casefold)
@@ -391,10 +452,6 @@ class DashboardBrowserTests(TestCase):
             "not following",
         )
 
-    def click(self, name: str, selector: str) -> None:
-        assert self.driver is not None
-        self.row(self.driver, name).find_element(By.CSS_SELECTOR, selector).click()
-
     def wait_starting(self, name: str) -> Callable[[], None]:
         def step() -> None:
             def starting(driver: WebDriver) -> bool:
@@ -405,33 +462,129 @@ class DashboardBrowserTests(TestCase):
 
         return step
 
-    def script_errors(self) -> list[dict[str, Any]]:
-        assert self.driver is not None
-        return [e for e in self.driver.get_log("browser") if e.get("source") == "javascript"]
 
-    def confirm_force(self) -> None:
-        self.wait(lambda d: d.find_element(By.ID, "confirm").is_displayed(), "no question asked")
-        assert self.driver is not None
-        dialog = self.driver.find_element(By.ID, "confirm")
-        self.assertIn("1 proxied connection", dialog.text)
-        dialog.find_element(By.ID, "confirm-force").click()
+class RealLmproxyBrowserTests(BrowserTestCase):
+    """The dashboard of a real lmproxy, with demo model servers, as a person sees it."""
 
-    def screenshot(self) -> None:
+    timeout = 120
+
+    # Config order differs from name order; the three do not all fit at once.
+    SDXL = "sdxl-webui"
+    QWEN = "qwen2.5-7b-instruct"
+    LLAMA = "llama3.3-70b-q4"
+
+    def setUp(self) -> None:
+        require_browser()
+        self.tmp = os.path.abspath(self.mktemp())
+        os.makedirs(self.tmp)
+        self.addCleanup(self.quit_browser)
+
+    def lmproxy(self) -> tuple[Lmproxy, dict[str, int]]:
+        sdxl, sdxl_target, qwen, qwen_target, llama, llama_target, api = free_ports(7)
+        config = {
+            "ResourcesAvailable": {"VRAM": 24000, "RAM": 32000},
+            "ManagementApi": {"ListenPort": str(api)},
+            "DefaultServiceUrl": "http://localhost:{{.PORT}}/",
+            "Services": [
+                demo_service(
+                    self.SDXL, sdxl, sdxl_target, ResourceRequirements={"VRAM": 12000, "RAM": 16000}
+                ),
+                demo_service(
+                    self.QWEN, qwen, qwen_target, ResourceRequirements={"VRAM": 9000, "RAM": 4000}
+                ),
+                demo_service(
+                    self.LLAMA,
+                    llama,
+                    llama_target,
+                    ResourceRequirements={"VRAM": 20000, "RAM": 30000},
+                ),
+            ],
+        }
+        ports = {self.SDXL: sdxl, self.QWEN: qwen, self.LLAMA: llama, "api": api}
+        return Lmproxy(self, config), ports
+
+    async def test_dashboard_of_a_real_lmproxy(self) -> None:
+        """
+        Stopped to running when a client connects, a waiting client, sorting
+        by name, the log of a real model server, and stopping from the page
+        (an idle service at once, a busy one after the force question).
+        """
+        lmproxy, ports = self.lmproxy()
+        browser = deferToThread(self.start_browser)  # both take a second: in parallel
+        await lmproxy.start()
+        self.driver = await browser
+        url = f"http://127.0.0.1:{ports['api']}/"
+        all_three = [self.SDXL, self.QWEN, self.LLAMA]
+
+        def load_page() -> None:
+            assert self.driver is not None
+            self.driver.get(url)
+            self.wait(lambda d: self.names(d) == all_three, "the services never showed")
+            self.wait(lambda d: self.mode(d) == "live", "the event stream never opened")
+            for name in all_three:
+                self.assertEqual(self.state_of(name)(self.driver), STOPPED)
+
+        await self.in_browser(load_page)
+
+        # A client connects to qwen and stays: the page shows it start and proxy.
+        held = await raw_connect(ports[self.QWEN])
+        held.send(b"GET /health HTTP/1.1\r\nHost: qwen\r\n\r\n")
+        await self.in_browser(lambda: self.wait_state(self.QWEN, RUNNING))
+        await self.in_browser(lambda: self.wait_connections(self.QWEN, 1, 0))
+        await wait_for(lambda: b" 200 OK" in held.received, WAIT_SECONDS, "qwen to answer")
+        # One request to sdxl: it starts and stays, idle.
+        code, _, _ = await http("GET", f"http://127.0.0.1:{ports[self.SDXL]}/health")
+        self.assertEqual(code, 200)
+        await self.in_browser(lambda: self.wait_state(self.SDXL, RUNNING))
+        # llama does not fit beside busy qwen: its client waits.
+        waiting = await raw_connect(ports[self.LLAMA])
+        await self.in_browser(lambda: self.wait_state(self.LLAMA, WAITING_FOR_RESOURCES))
+        await self.in_browser(lambda: self.wait_connections(self.LLAMA, 0, 1))
+
+        await self.in_browser(self.sort_by_name)
+        await self.in_browser(self.show_log_of_qwen)
+        await self.in_browser(lambda: self.screenshot(for_docs=True))
+
+        # The waiting client leaves: llama is stopped again, nothing was evicted.
+        waiting.close()
+        await self.in_browser(lambda: self.wait_state(self.LLAMA, STOPPED))
+        await self.in_browser(lambda: self.wait_state(self.SDXL, RUNNING))
+
+        # Stop the idle one: no question asked.
+        await self.in_browser(lambda: self.click(self.SDXL, "button.stop"))
+        await self.in_browser(lambda: self.wait_state(self.SDXL, STOPPED))
+        # Stop the busy one: the page asks, then stops it and its client is cut off.
+        await self.in_browser(lambda: self.click(self.QWEN, "button.stop"))
+        await self.in_browser(self.confirm_force)
+        await self.in_browser(lambda: self.wait_state(self.QWEN, STOPPED))
+        await wait_for(lambda: held.closed.called, WAIT_SECONDS, "the held client to be cut off")
+
+        _, _, body = await http("GET", f"http://127.0.0.1:{ports['api']}/status")
+        states = {s["name"]: s["status"] for s in json.loads(body)["services"]}
+        self.assertEqual(states, dict.fromkeys(all_three, STOPPED))
+        self.assertEqual(await self.in_browser(self.script_errors), [])
+        await self.quit_browser()
+        self.assertEqual(await lmproxy.stop(), 0)
+
+    def sort_by_name(self) -> None:
         assert self.driver is not None
-        # The whole page, not only what fits the window.
-        width, height = self.driver.execute_script(
-            "const e = document.documentElement; return [e.scrollWidth, e.scrollHeight];"
+        self.driver.find_element(By.CSS_SELECTOR, 'th[data-sort="name"] button').click()
+        by_name = [self.LLAMA, self.QWEN, self.SDXL]
+        self.wait(lambda d: self.names(d) == by_name, "never sorted by name")
+
+    def show_log_of_qwen(self) -> None:
+        """The log panel shows what the real demo server wrote to its log file."""
+        self.click(self.QWEN, "button.logs")
+        self.wait(
+            lambda d: (
+                f'demo model server "{self.QWEN}" listening'
+                in d.find_element(By.CSS_SELECTOR, "pre.log").text
+            ),
+            "the log never showed",
         )
-        shot = self.driver.execute_cdp_cmd(
-            "Page.captureScreenshot",
-            {
-                "format": "png",
-                "captureBeyondViewport": True,
-                "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
-            },
+        self.wait(
+            lambda d: (
+                '"GET /health HTTP/1.1" 200' in d.find_element(By.CSS_SELECTOR, "pre.log").text
+            ),
+            "the request never showed in the log",
         )
-        path = os.path.join(self.tmp, "dashboard.png")
-        with open(path, "wb") as f:
-            f.write(base64.b64decode(shot["data"]))
-        if os.path.isdir(DOCS):
-            shutil.copyfile(path, os.path.join(DOCS, "dashboard.png"))

@@ -12,9 +12,6 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from tests.harness import (
@@ -24,28 +21,9 @@ from tests.harness import (
     http,
     pid_alive,
     port_open,
+    raw_connect,
     wait_for,
 )
-
-
-class _Raw(Protocol):
-    """A plain TCP client that records what it receives and when it is closed."""
-
-    def __init__(self) -> None:
-        self.received = bytearray()
-        self.closed: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.closed.callback(None)
-
-
-async def _raw_connect(port: int) -> _Raw:
-    protocol = _Raw()
-    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol)
-    return protocol
 
 
 class CoreIntegrationTests(TestCase):
@@ -110,7 +88,7 @@ class CoreIntegrationTests(TestCase):
             },
         )
         await lmproxy.start()
-        busy = await _raw_connect(la)
+        busy = await raw_connect(la)
         busy.transport.write(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n")  # type: ignore[union-attr]
         await wait_for(lambda: b"200 OK" in busy.received, 10, "a to answer")
         waiting = Deferred.fromCoroutine(http("GET", f"http://127.0.0.1:{lb}/health"))

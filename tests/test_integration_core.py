@@ -35,8 +35,7 @@ class CoreIntegrationTests(TestCase):
         """A service starts when its port is used; its output lands in its log file."""
         listen, target = free_ports(2)
         lmproxy = Lmproxy(self, {"Services": [demo_service("alpha", listen, target)]})
-        launch = await lmproxy.start()
-        self.assertLess(launch, 5.0)
+        await lmproxy.start()
         self.assertFalse(port_open(target), "nothing runs before a client comes")
         status, headers, body = await http("GET", f"http://127.0.0.1:{listen}/health")
         self.assertEqual((status, body), (200, b'{"status":"ok"}'))
@@ -48,6 +47,29 @@ class CoreIntegrationTests(TestCase):
         self.assertEqual(await lmproxy.stop(), 0)
         self.assertFalse(pid_alive(pid))
         self.assertFalse(port_open(listen))
+
+    async def test_listens_within_a_second(self) -> None:
+        """
+        Every port listens within 1 s of launch (0.3 s measured on 2 cores), the
+        HTTP APIs included, and a slow CheckCommand does not delay it.
+        """
+        la, ta, lb, tb, api, management = free_ports(6)
+        lmproxy = Lmproxy(
+            self,
+            {
+                "OpenAiApi": {"ListenPort": api},
+                "ManagementApi": {"ListenPort": management},
+                "ResourcesAvailable": {"VRAM": {"CheckCommand": "sleep 3; echo 100"}},
+                "Services": [
+                    demo_service("a", la, ta, OpenAiApi=True, ResourceRequirements={"VRAM": 1}),
+                    demo_service("b", lb, tb),
+                ],
+            },
+        )
+        launch = await lmproxy.start()
+        print(f"lmproxy listened on 4 ports {launch:.3f} s after launch")
+        self.assertLess(launch, 1.0)
+        self.assertEqual(await lmproxy.stop(), 0)
 
     async def test_eviction_of_the_least_recently_used(self) -> None:
         """Two services that don't fit together: using one stops the other."""

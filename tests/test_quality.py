@@ -5,7 +5,7 @@ ruff (lint and format) and mypy over the package.
 
 from __future__ import annotations
 
-import shutil
+import importlib.util
 import sys
 
 from twisted.internet import reactor
@@ -22,11 +22,11 @@ async def _run(*argv: str) -> tuple[int, str]:
     return code, (out + err).decode("utf-8", "replace")
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path=str(PROJECT_ROOT / ".venv" / "bin"))
-    if path is None:
+def _module(name: str) -> list[str]:
+    """Run a tool as ``python -m name``: PATH may not know scripts pip just installed."""
+    if importlib.util.find_spec(name) is None:
         raise SkipTest(f"{name} is not installed (pip install '.[test]')")
-    return path
+    return [sys.executable, "-m", name]
 
 
 class QualityTests(TestCase):
@@ -35,16 +35,15 @@ class QualityTests(TestCase):
     timeout = 300
 
     async def test_ruff_lint(self) -> None:
-        code, output = await _run(_tool("ruff"), "check", "lmproxy", "tests", "twisted", "bench")
+        code, output = await _run(*_module("ruff"), "check", "lmproxy", "tests", "twisted", "bench")
         self.assertEqual(code, 0, output)
 
     async def test_ruff_format(self) -> None:
         code, output = await _run(
-            _tool("ruff"), "format", "--check", "lmproxy", "tests", "twisted", "bench"
+            *_module("ruff"), "format", "--check", "lmproxy", "tests", "twisted", "bench"
         )
         self.assertEqual(code, 0, output)
 
     async def test_mypy(self) -> None:
-        _tool("mypy")
-        code, output = await _run(sys.executable, "-m", "mypy", "lmproxy")
+        code, output = await _run(*_module("mypy"), "lmproxy")
         self.assertEqual(code, 0, output)

@@ -737,7 +737,7 @@ class DemoServer:
         address = cast(IPv4Address | IPv6Address, self.port.getHost())
         self._output(
             f'demo model server "{options.model}" listening on'
-            f" http://{host}:{address.port} pid={self.pid}"
+            f" http://{host}:{address.port} pid={self.pid} at={self._reactor.seconds():.6f}"
         )
         if options.exit_after is not None:
             self._reactor.callLater(options.exit_after, self._exitAfter)

@@ -593,7 +593,7 @@ class ServerTests(SynchronousTestCase):
         [(port, factory, _, interface)] = self.reactor.tcpServers
         self.assertEqual((port, factory, interface), (8123, self.server.site, "127.0.0.1"))
         self.assertEqual(
-            self.lines, [f'demo model server "tiny" listening on http://127.0.0.1:8123 pid={PID}']
+            self.lines, [f'demo model server "tiny" listening on http://127.0.0.1:8123 pid={PID} at=0.000000']
         )
         self.assertIs(self.server.site.resource, self.server.api)
         self.assertEqual(self.server.api.model, "tiny")
@@ -694,7 +694,9 @@ class ParseArgsTests(SynchronousTestCase):
 
 # -- the real process ------------------------------------------------------------------
 
-LISTENING = re.compile(rb'^demo model server "(.*)" listening on http://(.+):(\d+) pid=(\d+)$')
+LISTENING = re.compile(
+    rb'^demo model server "(.*)" listening on http://(.+):(\d+) pid=(\d+) at=[\d.]+$'
+)
 DEADLINE = 15.0  # seconds; generous for a loaded 2-core machine
 
 

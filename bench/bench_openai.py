@@ -202,16 +202,35 @@ def bench_latency(
 # --- 2. per-event delay of a stream -----------------------------------------------------
 
 
-def read_request(connection: socket.socket) -> bytes:
-    """One HTTP request with a Content-Length body, as the backend receives it."""
+def read_request(connection: socket.socket) -> bytes | None:
+    """
+    One HTTP request with a Content-Length body, as the backend receives it;
+    None if the connection closes before a request (a readiness probe).
+    """
     data = b""
     while b"\r\n\r\n" not in data:
-        data += connection.recv(65536)
+        received = connection.recv(65536)
+        if not received:
+            return None
+        data += received
     head, _, body = data.partition(b"\r\n\r\n")
     length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
     while len(body) < length:
         body += connection.recv(65536)
     return head
+
+
+def accept_request(listener: socket.socket) -> socket.socket:
+    """
+    The next connection to ``listener`` that carries a request, read.  A real
+    lmproxy probes the port of a service it starts (connect, then close):
+    those connections are skipped.
+    """
+    while True:
+        backend, _ = listener.accept()
+        if read_request(backend) is not None:
+            return backend
+        backend.close()
 
 
 def event_delays(
@@ -229,9 +248,8 @@ def event_delays(
         b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (CHAT_PATH.encode(), len(body), body)
     )
-    backend, _ = listener.accept()
+    backend = accept_request(listener)
     backend.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    read_request(backend)
     backend.sendall(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
         b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"

@@ -30,7 +30,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBod
 from twisted.web.server import Request
 from zope.interface import implementer
 
-log = Logger()
+from lmproxy.logs import log_observer
+
+log = Logger(observer=log_observer)
 
 # RFC 9110 section 7.6.1, plus the Proxy-* family (checked by prefix).
 HOP_BY_HOP = frozenset(

@@ -59,10 +59,12 @@ class ILease(Interface):
 
     def reconnect() -> Deferred[ILease]:
         """
-        Connecting to ``host:port`` failed.  Releases this lease.  If the
-        service has RestartOnConnectionFailure, restart it (one restart shared
-        by every client that asks) and fire with a new lease; otherwise fail
-        with L{ServiceUnavailable}.
+        Connecting to ``host:port`` failed.  Releases this lease.  If the run
+        it belongs to is over already (its process exited, or another client
+        restarted it), fire with a lease of the current run, starting one if
+        needed.  Otherwise, with RestartOnConnectionFailure, restart the
+        service (one restart shared by every client that asks) and fire with a
+        new lease; without it, fail with L{ServiceUnavailable}.
         """
 
 

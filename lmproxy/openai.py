@@ -39,8 +39,10 @@ from werkzeug.sansio.multipart import NEED_DATA, Data, Epilogue, Field, Multipar
 from lmproxy.config import Config
 from lmproxy.httpforward import relay, send
 from lmproxy.interfaces import IBackends, ServiceUnavailable
+from lmproxy.logs import log_observer
 
-log = Logger()
+# Through log_observer: the per-request debug line only with LogLevel Debug.
+log = Logger(observer=log_observer)
 
 JSON_CONTENT_TYPE = b"application/json; charset=utf-8"
 OWNED_BY = "lmproxy"

@@ -646,14 +646,18 @@ class Supervisor(Service):
             self._schedule()  # it may be evicted now
 
     def _reconnect(self, svc: _Service, generation: int) -> Deferred[ILease]:
-        if not svc.config.restart_on_connection_failure:
-            return fail(
-                ServiceUnavailable(
-                    f"cannot connect to service {svc.name!r} at "
-                    f"{svc.config.proxy_target_host}:{svc.config.proxy_target_port}"
-                )
-            )
+        # Only a run that still counts as running failed this client.  A run
+        # that is over (its process exited on its own, or another client's
+        # reconnect restarted it) is no one's failure: like a new client, this
+        # one gets the current run, started for it if need be.
         if svc.state == RUNNING and svc.generation == generation:
+            if not svc.config.restart_on_connection_failure:
+                return fail(
+                    ServiceUnavailable(
+                        f"cannot connect to service {svc.name!r} at "
+                        f"{svc.config.proxy_target_host}:{svc.config.proxy_target_port}"
+                    )
+                )
             self._stop(svc, "restart after a failed connection")
         return self.acquire(svc.name)
 

@@ -13,17 +13,21 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+
+if TYPE_CHECKING:
+    import openai
+    from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -130,7 +134,7 @@ class RawClient(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.received += data
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed.callback(None)
 
     def send(self, data: bytes) -> None:
@@ -166,6 +170,42 @@ async def http(
     content = await response.content()
     headers = {k.decode().lower(): v[0].decode() for k, v in response.headers.getAllRawHeaders()}
     return response.code, headers, content
+
+
+def openai_client(port: int, timeout: float = 60) -> openai.OpenAI:
+    """
+    The official ``openai`` client (sync) for an OpenAI port on 127.0.0.1.
+
+    It never retries: a 502 or a 503 from lmproxy must reach the test, not be
+    hidden by the client's retries.  Its calls block: make them in a thread
+    (``deferToThread``).  ``timeout`` bounds each request, the start of a
+    stopped model included.
+    """
+    import openai
+
+    return openai.OpenAI(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=timeout
+    )
+
+
+def user_message(text: str) -> list[ChatCompletionMessageParam]:
+    """The ``messages`` of a chat completion: one user message."""
+    return [{"role": "user", "content": text}]
+
+
+def stream_chat(
+    client: openai.OpenAI, model: str, text: str, **options: Any
+) -> list[ChatCompletionChunk]:
+    """Every chunk of a streamed chat completion (blocking: call it in a thread)."""
+    with client.chat.completions.create(
+        model=model, messages=user_message(text), stream=True, **options
+    ) as chunks:
+        return list(chunks)
+
+
+def delta_texts(chunks: list[ChatCompletionChunk]) -> list[str]:
+    """The non-empty contents of streamed chat chunks, in order."""
+    return [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
 
 
 class _Output(ProcessProtocol):

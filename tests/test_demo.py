@@ -593,7 +593,8 @@ class ServerTests(SynchronousTestCase):
         [(port, factory, _, interface)] = self.reactor.tcpServers
         self.assertEqual((port, factory, interface), (8123, self.server.site, "127.0.0.1"))
         self.assertEqual(
-            self.lines, [f'demo model server "tiny" listening on http://127.0.0.1:8123 pid={PID} at=0.000000']
+            self.lines,
+            [f'demo model server "tiny" listening on http://127.0.0.1:8123 pid={PID} at=0.000000'],
         )
         self.assertIs(self.server.site.resource, self.server.api)
         self.assertEqual(self.server.api.model, "tiny")

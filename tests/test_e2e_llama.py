@@ -15,7 +15,15 @@ from pathlib import Path
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.harness import Lmproxy, free_ports, port_open
+from tests.harness import (
+    Lmproxy,
+    delta_texts,
+    free_ports,
+    openai_client,
+    port_open,
+    stream_chat,
+    user_message,
+)
 
 LAUNCHER = Path(__file__).resolve().parent / "llama_server.py"
 MODEL = "smollm2-135m"
@@ -72,20 +80,10 @@ class RealModelTests(TestCase):
 
 def _chat(port: int) -> tuple[str, list[str]]:
     """Blocking openai-client calls (run in a thread)."""
-    import openai
-
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=120)
-    messages = [{"role": "user", "content": "Name one colour."}]
-    completion = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16)  # type: ignore[arg-type]
+    client = openai_client(port, timeout=120)
+    question = user_message("Name one colour.")
+    completion = client.chat.completions.create(model=MODEL, messages=question, max_tokens=16)
     reply = completion.choices[0].message.content or ""
-    stream = client.chat.completions.create(
-        model=MODEL,
-        messages=messages,  # type: ignore[arg-type]
-        max_tokens=16,
-        stream=True,
-    )
-    chunks = [
-        c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content
-    ]
+    chunks = delta_texts(stream_chat(client, MODEL, "Name one colour.", max_tokens=16))
     client.close()
     return reply, chunks

@@ -992,6 +992,21 @@ class RestartTests(SupervisorTestCase):
         self.assertEqual(self.reactor.signals, [])
         self.assertEqual(len(self.spawned("A")), 1)
 
+    def test_run_already_over_without_flag(self) -> None:
+        """
+        A client whose lease predates a process exit lmproxy has noticed is not
+        failed for it: like a new client, it gets a new run.
+        """
+        self.supervise([self.service("A")])
+        lease = self.lease("A")
+        self.proc("A").exit(1)
+        self.assertEqual(self.state("A"), STOPPED)
+        d = lease.reconnect()
+        self.assertEqual(self.state("A"), STARTING)
+        self.ready("A")
+        self.successResultOf(d)
+        self.assertEqual(len(self.spawned("A")), 2)
+
 
 class ProcessExitTests(SupervisorTestCase):
     """A service process that exits on its own while running."""

@@ -23,7 +23,14 @@ from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTCP, I
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import URI, Agent, HTTPConnectionPool, PotentialDataLoss, ResponseDone
+from twisted.web.client import (
+    URI,
+    Agent,
+    HTTPConnectionPool,
+    PotentialDataLoss,
+    ResponseDone,
+    _HTTP11ClientFactory,
+)
 from twisted.web.http import NO_BODY_CODES
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
@@ -125,12 +132,19 @@ class _BackendEndpoints:
         return HostnameEndpoint(self._reactor, uri.host, uri.port)
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    # Twisted logs "Starting factory" / "Stopping factory" for every new
+    # connection to a backend; lmproxy's log is for what users need to see.
+    noisy = False
+
+
 def backend_agent(reactor: IReactorTCP) -> IAgent:
     """
     The agent to forward with: a persistent connection pool, and IP addresses
     connected to without name resolution.
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietClientFactory
     # Keep enough idle connections for bursts of concurrent requests to one model
     # server (Twisted's default keeps 2 per host and closes the rest).
     pool.maxPersistentPerHost = 32

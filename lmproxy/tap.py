@@ -66,6 +66,8 @@ class LazySite(ServerFactory):
     does not wait for the imports the site needs.
     """
 
+    noisy = False  # the port's own "starting on" line says it
+
     def __init__(self, build: Callable[[], Site]) -> None:
         self._build = build
         self._site: Site | None = None
@@ -73,6 +75,7 @@ class LazySite(ServerFactory):
     def site(self) -> Site:
         if self._site is None:
             self._site = self._build()
+            self._site.noisy = False
             self._site.doStart()
         return self._site
 
@@ -184,4 +187,11 @@ def _management_site(supervisor: Supervisor, config: Config, reactor: Any) -> Si
     from lmproxy.management import ManagementApi
 
     api = ManagementApi(supervisor, config, reactor)
-    return Site(api.app.resource())
+    return _UnloggedSite(api.app.resource())
+
+
+class _UnloggedSite(Site):
+    """The management site keeps no access log: dashboards poll it."""
+
+    def log(self, request: Any) -> None:
+        pass

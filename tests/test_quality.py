@@ -6,6 +6,7 @@ ruff (lint and format) and mypy over the package.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 from twisted.internet import reactor
@@ -47,3 +48,16 @@ class QualityTests(TestCase):
     async def test_mypy(self) -> None:
         code, output = await _run(*_module("mypy"), "lmproxy")
         self.assertEqual(code, 0, output)
+
+    async def test_readme_renders(self) -> None:
+        """README.rst is valid reStructuredText (a broken table fails here)."""
+        code, output = await _run(*_module("docutils"), "--halt=warning", "README.rst", os.devnull)
+        self.assertEqual(code, 0, output)
+
+    def test_ci_runs_the_readme_test_command(self) -> None:
+        """.ci/run runs the test command that README.rst gives newcomers."""
+        readme = (PROJECT_ROOT / "README.rst").read_text()
+        ci = (PROJECT_ROOT / ".ci" / "run").read_text()
+        quick_start = readme.split("Run the tests::", 1)[1].strip().splitlines()[0].strip()
+        self.assertIn("twisted.trial tests", quick_start)
+        self.assertIn(quick_start, ci.splitlines())

@@ -32,6 +32,7 @@ from attrs import define, field, frozen
 DEFAULT_IDLE_TIMEOUT_SECONDS = 120.0
 DEFAULT_MAX_WAIT_SECONDS = 120.0
 DEFAULT_CLIENT_BUFFER_LIMIT = 16 * 1024 * 1024
+DEFAULT_OPENAI_MAX_BODY_BYTES = 64 * 1024 * 1024  # audio uploads run to 25 MB
 DEFAULT_HEALTHCHECK_INTERVAL_SECONDS = 0.1
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 600.0
 DEFAULT_CHECK_INTERVAL_SECONDS = 1.0
@@ -87,6 +88,7 @@ class Config:
     services: tuple[ServiceConfig, ...]
     resources: tuple[ResourceConfig, ...] = ()
     openai_listen_port: int | None = None
+    openai_max_body_bytes: int = DEFAULT_OPENAI_MAX_BODY_BYTES  # larger requests get 413
     management_listen_port: int | None = None
     max_wait: float = DEFAULT_MAX_WAIT_SECONDS  # seconds a client may wait for resources
     client_buffer_limit: int = DEFAULT_CLIENT_BUFFER_LIMIT  # bytes, 0 = unbounded
@@ -532,11 +534,12 @@ def _services(value: Any, at: _At) -> Any:
 
 
 _API = _object({"ListenPort": _port})
+_OPENAI_API = _object({"ListenPort": _port, "MaxRequestBodyBytes": _count})
 
 _TOP_LEVEL: dict[str, _Convert] = {
     "Services": _services,
     "ResourcesAvailable": _resources,
-    "OpenAiApi": _API,
+    "OpenAiApi": _OPENAI_API,
     "ManagementApi": _API,
     "DefaultServiceUrl": _template,
     "ShutDownAfterInactivitySeconds": _seconds,
@@ -576,6 +579,13 @@ def _build(top: _Fields, at: _At, cwd: str) -> Config | None:
         services=tuple(_service(e.fields.values, cwd, idle, default_url) for e in entries),
         resources=tuple(r for r in (resources or {}).values() if r is not None),
         openai_listen_port=api_ports.get("OpenAiApi.ListenPort"),
+        # 0, as tools that dump every field write it, means the default.
+        openai_max_body_bytes=(
+            top_values["OpenAiApi"].values.get("MaxRequestBodyBytes")
+            if "OpenAiApi" in top_values
+            else None
+        )
+        or DEFAULT_OPENAI_MAX_BODY_BYTES,
         management_listen_port=api_ports.get("ManagementApi.ListenPort"),
         max_wait=top_values.get(
             "MaxTimeToWaitForServiceToCloseConnectionBeforeGivingUpSeconds",

@@ -36,7 +36,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import NEED_DATA, Data, Epilogue, Field, MultipartDecoder
 
-from lmproxy.config import Config
+from lmproxy.config import DEFAULT_OPENAI_MAX_BODY_BYTES, Config
 from lmproxy.httpforward import relay, send
 from lmproxy.interfaces import IBackends, ServiceUnavailable
 from lmproxy.logs import log_observer
@@ -158,7 +158,7 @@ class OpenAiApi:
         config: Config,
         agent: IAgent,
         clock: IReactorTime,
-        max_body_bytes: int = 64 * 1024 * 1024,
+        max_body_bytes: int = DEFAULT_OPENAI_MAX_BODY_BYTES,
     ) -> None:
         self._backends = backends
         self._agent = agent

@@ -180,7 +180,9 @@ def _openai_site(supervisor: Supervisor, config: Config, reactor: Any) -> Site:
     from lmproxy.httpforward import backend_agent
     from lmproxy.openai import OpenAiApi
 
-    return OpenAiApi(supervisor, config, backend_agent(reactor), reactor).site()
+    agent = backend_agent(reactor)
+    api = OpenAiApi(supervisor, config, agent, reactor, config.openai_max_body_bytes)
+    return api.site()
 
 
 def _management_site(supervisor: Supervisor, config: Config, reactor: Any) -> Site:

@@ -243,6 +243,7 @@ class DefaultsTests(SynchronousTestCase):
         self.assertIsNone(config.management_listen_port)
         self.assertEqual(config.max_wait, DEFAULT_MAX_WAIT_SECONDS)
         self.assertEqual(config.client_buffer_limit, DEFAULT_CLIENT_BUFFER_LIMIT)
+        self.assertEqual(config.openai_max_body_bytes, 64 * 1024 * 1024)
         self.assertTrue(config.output_service_logs)
         self.assertEqual(config.log_level, "Normal")
         self.assertIsNone(config.default_service_url)
@@ -435,6 +436,17 @@ class PortTests(ConfigTestCase):
                 'OpenAiApi.ListenPort: "http" is not a port number (1-65535)',
                 "ManagementApi.ListenPort: 1000000000.0 is not a port number (1-65535)",
             ],
+        )
+
+    def test_openai_body_limit(self) -> None:
+        """OpenAiApi.MaxRequestBodyBytes: a byte count; 0 (a dumped struct) is the default."""
+        config = parse(document(OpenAiApi={"ListenPort": 7070, "maxrequestbodybytes": 1000}))
+        self.assertEqual(config.openai_max_body_bytes, 1000)
+        config = parse(document(OpenAiApi={"ListenPort": 7070, "MaxRequestBodyBytes": 0}))
+        self.assertEqual(config.openai_max_body_bytes, 64 * 1024 * 1024)
+        self.assertProblem(
+            document(OpenAiApi={"ListenPort": 7070, "MaxRequestBodyBytes": "1M"}),
+            'OpenAiApi.MaxRequestBodyBytes: expected a non-negative integer, got "1M"',
         )
 
     def test_api_not_an_object(self) -> None:

@@ -348,7 +348,7 @@ class OpenAiPortTests(TestCase):
         lmproxy = Lmproxy(
             self,
             {
-                "OpenAiApi": {"ListenPort": api},
+                "OpenAiApi": {"ListenPort": api, "MaxRequestBodyBytes": 4096},
                 "Services": [demo_service("demo", None, target, OpenAiApi=True)],
             },
         )
@@ -377,6 +377,11 @@ class OpenAiPortTests(TestCase):
             error = document["error"]
             self.assertEqual(set(error), ERROR_KEYS)
             self.assertEqual((error["type"], error["param"]), ("invalid_request_error", param))
+
+        too_large = json.dumps({"model": "demo", "prompt": "x" * 5000}).encode()
+        status, _, content = await http("POST", url.replace("chat/", ""), too_large)
+        self.assertEqual(status, 413, "over the configured MaxRequestBodyBytes")
+        self.assertEqual(json.loads(content)["error"]["code"], "request_too_large")
 
         self.assertEqual(_started_pids(lmproxy), [])
         self.assertEqual(await lmproxy.stop(), 0)

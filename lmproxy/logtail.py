@@ -19,6 +19,8 @@ from attrs import define, field, frozen
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from lmproxy.logs import log_observer
+
 MAX_TAIL_LINES = 10_000
 MAX_TAIL_BYTES = 2 * 1024 * 1024
 TAIL_BLOCK = 64 * 1024
@@ -27,7 +29,7 @@ FOLLOW_CHUNK = 256 * 1024
 # writer that never ends its line cannot make us buffer without bound.
 MAX_LINE_BYTES = 64 * 1024
 
-_log = Logger()
+_log = Logger(observer=log_observer)
 
 _TERMINATOR = re.compile(rb"\r\n|\n|\r")
 

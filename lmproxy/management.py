@@ -51,6 +51,7 @@ from lmproxy.interfaces import (
     Snapshot,
     UnknownService,
 )
+from lmproxy.logs import log_observer
 from lmproxy.logtail import MAX_TAIL_LINES, LogFollower, read_tail
 from lmproxy.metrics import Metrics
 from lmproxy.statusjson import JSONObject, resource_json, service_json, status_json
@@ -75,7 +76,7 @@ _CSP = (
 )
 _TRUE = {"1", "true", "yes", "on"}
 
-_log = Logger()
+_log = Logger(observer=log_observer)
 
 
 class _NameConverter(BaseConverter):

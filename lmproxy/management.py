@@ -52,7 +52,7 @@ from lmproxy.interfaces import (
     UnknownService,
 )
 from lmproxy.logs import log_observer
-from lmproxy.logtail import MAX_TAIL_LINES, LogFollower, read_tail
+from lmproxy.logtail import MAX_TAIL_LINES, LogFollower, Tail, read_tail
 from lmproxy.metrics import Metrics
 from lmproxy.statusjson import JSONObject, resource_json, service_json, status_json
 
@@ -259,11 +259,10 @@ class _LogStream(_SseStream):
         clock: IReactorTime,
         heartbeat: float,
         path: str,
-        tail_lines: int,
+        tail: Tail,
         interval: float,
     ) -> None:
         super().__init__(request, clock, heartbeat)
-        tail = read_tail(path, tail_lines)
         self._tail = tail.lines
         self._follower = LogFollower(path, clock, tail, self._lines, self._reset, interval)
 
@@ -426,15 +425,17 @@ class ManagementApi:
             lines = -1
         if lines < 0:
             return self._error(request, 400, "tail must be a whole number of lines")
-        lines = min(lines, MAX_TAIL_LINES)
+        try:
+            tail = read_tail(path, min(lines, MAX_TAIL_LINES))
+        except OSError as e:
+            return self._error(request, 500, f"cannot read the log file {path}: {e.strerror or e}")
         if (_arg(request, "follow") or "").lower() not in _TRUE:
-            tail = read_tail(path, lines)
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             request.setHeader(b"Cache-Control", b"no-store")
             text = "".join(line + "\n" for line in tail.lines) + tail.partial
             return text.encode("utf-8")
         stream = _LogStream(
-            request, self._clock, self._heartbeat, path, lines, self._log_poll_interval
+            request, self._clock, self._heartbeat, path, tail, self._log_poll_interval
         )
         stream.open()
         try:

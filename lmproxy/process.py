@@ -241,18 +241,23 @@ async def run_shell(
 ) -> ShellResult:
     """
     Run ``sh -c command`` in its own session, killing its whole group if it
-    outlives ``timeout`` seconds or if the caller cancels.
+    outlives ``timeout`` seconds or if the caller cancels.  A command that
+    cannot be spawned (no process or file descriptor left) ends like one that
+    failed: no exit code, and the reason as its output.
     """
     group = ProcessGroup(reactor, signal_group)
     protocol = _CapturingProtocol(group)
-    transport = reactor.spawnProcess(
-        protocol,
-        SETSID,
-        [SETSID, "/bin/sh", "-c", command],
-        env=dict(os.environ),
-        path=cwd,
-        childFDs={0: "w", 1: "r", 2: "r"},
-    )
+    try:
+        transport = reactor.spawnProcess(
+            protocol,
+            SETSID,
+            [SETSID, "/bin/sh", "-c", command],
+            env=dict(os.environ),
+            path=cwd,
+            childFDs={0: "w", 1: "r", 2: "r"},
+        )
+    except OSError as e:
+        return ShellResult(None, f"cannot run it: {e}")
     assert transport.pid is not None
     group.started(transport.pid)
     transport.closeStdin()
@@ -335,7 +340,11 @@ class ServiceProcess:
             self._log_file = open(config.log_file_path, "ab", buffering=0)  # noqa: SIM115
         except OSError as e:
             raise StartError(f"cannot open log file {config.log_file_path!r}: {e}") from None
-        devnull = os.open(os.devnull, os.O_RDONLY)
+        try:
+            devnull = os.open(os.devnull, os.O_RDONLY)
+        except OSError as e:
+            self._close_log()
+            raise StartError(f"cannot open {os.devnull}: {e}") from None
         try:
             self._transport = self._reactor.spawnProcess(
                 _ServiceProtocol(self),

@@ -17,7 +17,9 @@ but one that needs any of them waits its turn.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable
+from operator import methodcaller
 from typing import Any
 
 from twisted.application.service import Service
@@ -152,7 +154,9 @@ class Supervisor(Service):
         self._notify_call: IDelayedCall | None = None
         # Measured (CheckCommand) resources: a value is "fresh" from its check
         # until something that changes it happens (a stop, a start, a timer).
+        # A check that began before such a change does not give a fresh value.
         self._fresh: set[str] = set()
+        self._changes: Counter[str] = Counter()
         self._checks: dict[str, Deferred[None]] = {}
         self._recheck_timers: dict[str, IDelayedCall] = {}
         # Groups of processes that exited on their own, still being ended.
@@ -303,6 +307,8 @@ class Supervisor(Service):
 
     def _schedule(self) -> None:
         """Start what can start, evict what must go, in arrival order."""
+        if self._shutting_down:
+            return  # what the shutdown's stops free is for nobody
         if self._scheduling:
             self._schedule_again = True
             return
@@ -374,8 +380,7 @@ class Supervisor(Service):
                 missing=missing,
                 service=svc.name,
             )
-            for observer in list(self._observers):
-                observer.service_evicted(name)
+            self._tell(methodcaller("service_evicted", name))
             self._stop(victim, f"evicted for {svc.name}")
         return False
 
@@ -404,6 +409,7 @@ class Supervisor(Service):
     async def _check(self, resource: str) -> None:
         command = self._ledger.resources[resource].check_command
         assert command is not None
+        changes = self._changes[resource]
         try:
             result = await run_shell(
                 self._reactor,
@@ -425,7 +431,8 @@ class Supervisor(Service):
                 output=result.output.strip()[:200],
             )
         self._ledger.measured[resource] = value
-        self._fresh.add(resource)
+        if self._changes[resource] == changes:
+            self._fresh.add(resource)  # else _schedule runs the check again
         self._changed()
         self._schedule()
 
@@ -446,6 +453,7 @@ class Supervisor(Service):
     def _invalidate_measured(self, svc: _Service) -> None:
         for resource in svc.config.resource_requirements:
             self._fresh.discard(resource)
+            self._changes[resource] += 1
 
     # -- starting ---------------------------------------------------------
 
@@ -517,8 +525,7 @@ class Supervisor(Service):
         self._ledger.mark_running(svc.name)
         seconds = self._reactor.seconds() - svc.start_began
         self.log.info("{service}: ready after {seconds:.3f} s", service=svc.name, seconds=seconds)
-        for observer in list(self._observers):
-            observer.start_finished(svc.name, seconds, True)
+        self._tell(methodcaller("start_finished", svc.name, seconds, True))
         self._touch(svc)
         waiters, svc.waiters = svc.waiters, []
         self._changed()
@@ -532,8 +539,7 @@ class Supervisor(Service):
         svc.abort_start = None
         seconds = self._reactor.seconds() - svc.start_began
         self.log.error("{service}: start failed: {reason}", service=svc.name, reason=reason)
-        for observer in list(self._observers):
-            observer.start_finished(svc.name, seconds, False)
+        self._tell(methodcaller("start_finished", svc.name, seconds, False))
         svc.state = STOPPING
         self._fail_waiters(svc, f"service {svc.name!r} failed to start: {reason}")
         self._changed()
@@ -689,9 +695,13 @@ class Supervisor(Service):
     def _notify(self) -> None:
         self._notify_call = None
         snapshot = self.snapshot()
+        self._tell(methodcaller("status_changed", snapshot))
+
+    def _tell(self, notice: methodcaller) -> None:
+        """Call ``notice`` on every observer; one that raises is logged, the rest are still told."""
         for observer in list(self._observers):
             try:
-                observer.status_changed(snapshot)
+                notice(observer)
             except Exception:
                 self.log.failure("status observer {observer} failed", observer=observer)
 

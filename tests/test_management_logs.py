@@ -57,6 +57,16 @@ class LogsTests(ApiCase):
     def test_missing_file_is_empty(self) -> None:
         self.assertEqual(self.text(f"/services/{QWEN_PATH}/logs"), "")
 
+    def test_unreadable_file_is_a_json_error(self) -> None:
+        """A log that cannot be read (here a directory) is a JSON error, not a traceback."""
+        os.makedirs(self.path)
+        for query in ["", "?follow=1"]:
+            error = self.client.json("GET", f"/services/{ALPHA}/logs{query}", 500)
+            self.assertEqual(
+                error, {"error": f"cannot read the log file {self.path}: Is a directory"}
+            )
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_bad_tail_is_400(self) -> None:
         for value in ["x", "-1", "1.5"]:
             error = self.client.json("GET", f"/services/{ALPHA}/logs?tail={value}", 400)

@@ -7,6 +7,7 @@ L{MemoryProcessReactor} (no real processes, no real time).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -56,6 +57,11 @@ def leader_dies_group_lives(process: FakeProcess, signum: int) -> None:
         if not process.exited:
             process.exit(None, signum)
         process.group_alive = False
+
+
+def no_process_left(*args: object, **kwargs: object) -> None:
+    """A C{spawnProcess} that fails as fork does when no process may be created."""
+    raise BlockingIOError(errno.EAGAIN, "no process left")
 
 
 class RecordingSignaller:
@@ -292,6 +298,25 @@ class ServiceProcessSpawnTests(ServiceProcessTestCase):
         devnull = os.stat(os.devnull)
         self.assertNotEqual((now.st_dev, now.st_ino), (devnull.st_dev, devnull.st_ino))
 
+    def test_no_file_descriptor_left(self) -> None:
+        """
+        No descriptor left for stdin: L{StartError} (the supervisor fails the
+        start with it), nothing spawned, the log file closed again.
+        """
+        real_open = os.open
+
+        def no_descriptor_for_devnull(path: str, flags: int, *args: Any) -> int:
+            if path == os.devnull:
+                raise OSError(errno.EMFILE, "Too many open files")
+            return real_open(path, flags, *args)
+
+        service = ServiceProcess(self.typed_reactor, self.config(), True, self.reactor.signal_group)
+        self.patch(os, "open", no_descriptor_for_devnull)
+        e = self.assertRaises(StartError, service.spawn)
+        self.assertEqual(str(e), f"cannot open {os.devnull}: [Errno 24] Too many open files")
+        self.assertEqual(self.reactor.processes, [])
+        self.assertIsNone(service._log_file)
+
     def test_default_work_dir(self) -> None:
         """Without a WorkDir the process runs in lmproxy's working directory."""
         _, process = self.spawn(work_dir=None)
@@ -502,6 +527,20 @@ class ServiceProcessStopTests(ServiceProcessTestCase):
         self.assertEqual(self.reactor.signals, [(process.pid, signal.SIGTERM)])
         warnings = [formatEvent(e) for e in events if "KillCommand failed" in e["log_format"]]
         self.assertEqual(warnings, ["A: KillCommand failed (status 1): no such container"])
+
+    def test_kill_command_cannot_run(self) -> None:
+        """A KillCommand that cannot even be spawned is logged; the group is signalled anyway."""
+        service, process = self.spawn(kill_command="docker stop model")
+        self.patch(self.reactor, "spawnProcess", no_process_left)
+        with capturedLogs() as events:
+            d = self.stop(service)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.reactor.signals, [(process.pid, signal.SIGTERM)])
+        warnings = [formatEvent(e) for e in events if "KillCommand failed" in e["log_format"]]
+        self.assertEqual(
+            warnings,
+            ["A: KillCommand failed (status None): cannot run it: [Errno 11] no process left"],
+        )
 
     def test_kill_command_time_limit(self) -> None:
         """A KillCommand that hangs is killed (its group) after its time limit."""
@@ -754,6 +793,14 @@ class RunShellTests(SynchronousTestCase):
         self.reactor.advance(0.1)
         self.assertEqual(self.reactor.signals, [(process.pid, signal.SIGKILL)])
         self.assertEqual(self.successResultOf(d), ShellResult(None, "partial", True))
+
+    def test_cannot_spawn(self) -> None:
+        """A command that cannot be spawned ends like a failed one, saying why."""
+        self.patch(self.reactor, "spawnProcess", no_process_left)
+        self.assertEqual(
+            self.successResultOf(self.shell("check")),
+            ShellResult(None, "cannot run it: [Errno 11] no process left", False),
+        )
 
     def test_cancel_kills_group(self) -> None:
         """Cancelling the run kills the command's group and fails with CancelledError."""

@@ -79,6 +79,8 @@ class RecordingObserver:
 class SupervisorTestCase(SynchronousTestCase):
     """Builds a supervisor on a fake reactor and drives its processes."""
 
+    CHECK = "nvidia-free"  # the CheckCommand of measured resources
+
     def setUp(self) -> None:
         self.reactor = MemoryProcessReactor()
         self.reactor.advance(T0)
@@ -157,6 +159,12 @@ class SupervisorTestCase(SynchronousTestCase):
         """The one live process of service C{name}."""
         [process] = [p for p in self.spawned(name) if not p.exited]
         return process
+
+    def measure(self, value: bytes) -> None:
+        """The one running C{CHECK} prints C{value} and exits 0."""
+        check = self.shell(self.CHECK)
+        check.output(value)
+        check.exit(0)
 
     def shells(self, command: str) -> list[FakeProcess]:
         """Every C{sh -c command} run, oldest first."""
@@ -667,6 +675,21 @@ class WaitingTests(SupervisorTestCase):
             self.ready(name)
         for d in (da, db, dc):
             self.successResultOf(d)
+
+    def test_nothing_starts_during_shutdown(self) -> None:
+        """
+        What the stops at shutdown free is not given to the services waiting
+        for it: they fail, and no process is spawned for them.
+        """
+        da = self.acquire("A")
+        db = self.acquire("B")
+        d = self.supervisor.stopService()
+        self.unavailable(da, "service 'A' was not started: lmproxy is shutting down")
+        self.unavailable(db, "service 'B' was not started: lmproxy is shutting down")
+        self.assertEqual(self.spawned("A"), [])
+        self.assertEqual(self.spawned("B"), [])
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.observer.starts, [("X", 0.0, True)])
 
     def test_arrival_order_same_size(self) -> None:
         """Two services that cannot run together start in the order they were asked for."""
@@ -1295,8 +1318,6 @@ class ShutdownTests(SupervisorTestCase):
 class MeasuredResourceTests(SupervisorTestCase):
     """Resources measured by a CheckCommand."""
 
-    CHECK = "nvidia-free"
-
     def setUp(self) -> None:
         super().setUp()
         self.supervise(
@@ -1311,11 +1332,6 @@ class MeasuredResourceTests(SupervisorTestCase):
                 ResourceConfig("RAM", 10),
             ],
         )
-
-    def measure(self, value: bytes) -> None:
-        check = self.shell(self.CHECK)
-        check.output(value)
-        check.exit(0)
 
     def measured_lease(self, name: str, value: bytes) -> ILease:
         """Acquire C{name}, which needs a check (reporting C{value}) to start."""
@@ -1444,6 +1460,49 @@ class MeasuredResourceTests(SupervisorTestCase):
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(self.reactor.signals, [(check.pid, signal.SIGKILL)])
         self.assertTrue(check.exited)
+
+
+class StaleMeasurementTests(SupervisorTestCase):
+    """A measurement taken before a service stopped is not trusted after it."""
+
+    def test_check_begun_before_a_stop_is_run_again(self) -> None:
+        """
+        A CheckCommand still running when a service using the resource stops
+        reports what was free before the stop: acting on it would evict
+        another service for nothing.  The check runs again instead.
+        """
+        self.supervise(
+            [
+                self.service("V1", {"VRAM": 4000}),
+                self.service("V2", {"VRAM": 4000}),
+                self.service("BIG", {"VRAM": 8000}),
+                self.service("SMALL", {"VRAM": 100}),
+            ],
+            [ResourceConfig("VRAM", None, check_command=self.CHECK, check_interval=2.0)],
+        )
+        self.measure(b"10000\n")
+        for name, free in [("V1", b"10000\n"), ("V2", b"6000\n")]:
+            d = self.acquire(name)
+            self.measure(free)
+            self.ready(name)
+            self.successResultOf(d).release()
+            self.reactor.advance(1)
+        self.reactor.on_signal = ignore_sigterm
+        big = self.acquire("BIG")
+        self.measure(b"5000\n")  # 3000 missing: V1, least recently used, is evicted
+        self.assertEqual(self.state("V1"), STOPPING)
+        self.acquire("SMALL")  # another client: VRAM is measured again
+        check = self.shell(self.CHECK)
+        self.reactor.advance(STOP_GRACE_SECONDS)  # V1 is gone while the check runs
+        self.assertEqual(self.state("V1"), STOPPED)
+        check.output(b"5000\n")  # what was free before V1 stopped
+        check.exit(0)
+        self.assertEqual(self.state("V2"), RUNNING, "V2 is not evicted for nothing")
+        self.measure(b"9000\n")
+        self.assertEqual(self.state("BIG"), STARTING)
+        self.assertEqual(self.state("V2"), RUNNING)
+        self.ready("BIG")
+        self.successResultOf(big)
 
 
 class StatusTests(SupervisorTestCase):
@@ -1599,3 +1658,39 @@ class StatusTests(SupervisorTestCase):
         unsubscribe()
         self.assertEqual(len(last.snapshots), 1)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_failing_observer_of_notices(self) -> None:
+        """
+        An observer that raises when told about a start or an eviction is
+        logged too: the start still serves its clients, a failed start still
+        fails them and frees its resources, and the eviction still happens.
+        """
+
+        @implementer(IStatusObserver)
+        class Broken(RecordingObserver):
+            def start_finished(self, service: str, seconds: float, succeeded: bool) -> None:
+                raise ZeroDivisionError()
+
+            def service_evicted(self, service: str) -> None:
+                raise ZeroDivisionError()
+
+        self.supervisor.subscribe(Broken())
+        last = RecordingObserver()
+        self.supervisor.subscribe(last)
+        lease = self.lease("A")
+        self.assertEqual(self.state("A"), RUNNING)
+        lease.release()
+        d = self.acquire("B")
+        self.assertEqual(last.evicted, ["A"])
+        self.shell("stop-A").exit(0)
+        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("B"), STARTING)
+        self.reactor.advance(1)
+        self.proc("B").exit(1)
+        self.unavailable(
+            d, "service 'B' failed to start: process exited with status 1 while starting"
+        )
+        self.assertEqual(self.state("B"), STOPPED)
+        self.assertEqual(self.free("VRAM"), 10)
+        self.assertEqual([(name, ok) for name, _, ok in last.starts], [("A", True), ("B", False)])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 3)

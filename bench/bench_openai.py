@@ -108,9 +108,9 @@ def serve_proxy(demo_port: int, sse_port: int, agent_kind: str) -> None:
     from twisted.web.iweb import IAgent
 
     from lmproxy.config import Config, ServiceConfig
-    from lmproxy.httpforward import backend_agent
     from lmproxy.interfaces import RUNNING
-    from lmproxy.openai import OpenAiApi
+    from lmproxy.listen.httpforward import backend_agent
+    from lmproxy.listen.openai import OpenAiApi
     from lmproxy.testing import FakeBackends
 
     config = Config(
@@ -393,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--agent",
         choices=("backend", "plain"),
         default="backend",
-        help="proxy's agent: lmproxy.httpforward.backend_agent, or a plain Agent with a pool",
+        help="proxy agent: lmproxy.listen.httpforward.backend_agent, or a plain pooled Agent",
     )
     parser.add_argument("--serve-proxy", nargs=2, type=int, metavar=("DEMO_PORT", "SSE_PORT"))
     args = parser.parse_args(argv)

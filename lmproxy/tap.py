@@ -28,11 +28,11 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from lmproxy.config import Config, ConfigError, load_config
-from lmproxy.forward import ServiceProxyFactory
+from lmproxy.core.process import SETSID
+from lmproxy.core.supervisor import Supervisor
+from lmproxy.core.watchdog import Watchdog
+from lmproxy.listen.tcp import ServiceProxyFactory
 from lmproxy.logs import log_observer, set_log_level
-from lmproxy.process import SETSID
-from lmproxy.supervisor import Supervisor
-from lmproxy.watchdog import Watchdog
 
 # Bursts of new clients (hundreds of concurrent requests) must not overflow the
 # accept queue: with Twisted's default of 50 they are dropped and retry after 1 s.
@@ -177,8 +177,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
 
 def _openai_site(supervisor: Supervisor, config: Config, reactor: Any) -> Site:
-    from lmproxy.httpforward import backend_agent
-    from lmproxy.openai import OpenAiApi
+    from lmproxy.listen.httpforward import backend_agent
+    from lmproxy.listen.openai import OpenAiApi
 
     agent = backend_agent(reactor)
     api = OpenAiApi(supervisor, config, agent, reactor, config.openai_max_body_bytes)
@@ -186,7 +186,7 @@ def _openai_site(supervisor: Supervisor, config: Config, reactor: Any) -> Site:
 
 
 def _management_site(supervisor: Supervisor, config: Config, reactor: Any) -> Site:
-    from lmproxy.management import ManagementApi
+    from lmproxy.manage.api import ManagementApi
 
     api = ManagementApi(supervisor, config, reactor)
     return _UnloggedSite(api.app.resource())

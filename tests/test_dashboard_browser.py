@@ -32,7 +32,7 @@ from twisted.web.server import Site
 
 from lmproxy.config import Config, ResourceConfig, ServiceConfig
 from lmproxy.interfaces import RUNNING, STARTING, STOPPED, WAITING_FOR_RESOURCES
-from lmproxy.management import ManagementApi
+from lmproxy.manage.api import ManagementApi
 from tests.harness import Lmproxy, demo_service, free_ports, http, raw_connect, wait_for
 from tests.test_management import ScriptedBackends
 

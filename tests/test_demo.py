@@ -1,5 +1,5 @@
 """
-Tests for L{lmproxy.demo}: every route and error without sockets (C{StubTreq},
+Tests for L{lmproxy.demo.server}: every route and error without sockets (C{StubTreq},
 C{DummyRequest}, a fake clock and reactor), then a few runs of the real process.
 """
 
@@ -33,7 +33,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 import lmproxy
-from lmproxy.demo import (
+from lmproxy.demo.server import (
     CRASH_EXIT_CODE,
     EMBEDDING_DIMENSIONS,
     DemoAPI,

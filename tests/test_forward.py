@@ -12,8 +12,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from lmproxy.config import Config, ServiceConfig
-from lmproxy.forward import ServiceConnection, ServiceProxyFactory
 from lmproxy.interfaces import RUNNING
+from lmproxy.listen.tcp import ServiceConnection, ServiceProxyFactory
 from lmproxy.testing import FakeBackends
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 50000)

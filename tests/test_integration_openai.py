@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from lmproxy.demo import embedding_vector
+from lmproxy.demo.server import embedding_vector
 from tests.harness import (
     Lmproxy,
     delta_texts,

@@ -1,5 +1,5 @@
 """
-Tests for L{lmproxy.logtail}: reading the end of a log without reading the
+Tests for L{lmproxy.manage.logtail}: reading the end of a log without reading the
 whole file, and following it through growth, truncation and rotation.
 """
 
@@ -12,7 +12,7 @@ from typing import BinaryIO
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from lmproxy.logtail import (
+from lmproxy.manage.logtail import (
     FOLLOW_CHUNK,
     MAX_LINE_BYTES,
     TAIL_BLOCK,

@@ -1,5 +1,5 @@
 """
-Tests for L{lmproxy.management} and L{lmproxy.statusjson}: every route of the
+Tests for L{lmproxy.manage.api} and L{lmproxy.manage.statusjson}: every route of the
 management API, through StubTreq with L{FakeBackends} and a L{Clock}.
 
 The helpers here (L{make_config}, L{ScriptedBackends}, L{Client}) are shared
@@ -25,8 +25,8 @@ from twisted.web.iweb import IResponse
 
 from lmproxy.config import Config, ResourceConfig, ServiceConfig
 from lmproxy.interfaces import RUNNING, STARTING, ServiceBusy, ServiceUnavailable, Snapshot
-from lmproxy.management import ManagementApi, _shielded, sse
-from lmproxy.statusjson import rfc3339
+from lmproxy.manage.api import ManagementApi, _shielded, sse
+from lmproxy.manage.statusjson import rfc3339
 from lmproxy.testing import FakeBackends, status_with
 
 ALPHA = "alpha"

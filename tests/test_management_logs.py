@@ -1,5 +1,5 @@
 """
-Tests for ``GET /services/{name}/logs`` of L{lmproxy.management}: the tail as
+Tests for ``GET /services/{name}/logs`` of L{lmproxy.manage.api}: the tail as
 text, and following as Server-Sent Events driven by a L{Clock}.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from lmproxy.logtail import MAX_TAIL_LINES
+from lmproxy.manage.logtail import MAX_TAIL_LINES
 from tests.test_management import ALPHA, QWEN_PATH, ApiCase
 
 

@@ -1,5 +1,5 @@
 """
-Tests for L{lmproxy.metrics} and ``GET /metrics``: the text is parsed back
+Tests for L{lmproxy.manage.metrics} and ``GET /metrics``: the text is parsed back
 with prometheus_client's own parser.
 """
 
@@ -11,8 +11,8 @@ from prometheus_client.samples import Sample
 from twisted.internet.task import Clock
 
 from lmproxy.interfaces import RUNNING
-from lmproxy.management import ManagementApi
-from lmproxy.metrics import Metrics
+from lmproxy.manage.api import ManagementApi
+from lmproxy.manage.metrics import Metrics
 from tests.test_management import ALPHA, MARKUP, QWEN, ApiCase, ScriptedBackends, make_config
 
 

@@ -1,5 +1,5 @@
 """
-Tests for L{lmproxy.openai} and L{lmproxy.httpforward}: the OpenAI port.
+Tests for L{lmproxy.listen.openai} and L{lmproxy.listen.httpforward}: the OpenAI port.
 
 Most tests drive the app with C{StubTreq} and let it forward, through a
 C{RequestTraversalAgent}, to L{FakeModelServer}, an in-memory twisted.web
@@ -34,9 +34,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from lmproxy.config import Config, ServiceConfig
-from lmproxy.httpforward import backend_agent, end_to_end_headers
 from lmproxy.interfaces import RUNNING, ILease
-from lmproxy.openai import JSON_CONTENT_TYPE, OpenAiApi, multipart_field
+from lmproxy.listen.httpforward import backend_agent, end_to_end_headers
+from lmproxy.listen.openai import JSON_CONTENT_TYPE, OpenAiApi, multipart_field
 from lmproxy.testing import FakeBackends
 
 STARTED_AT = 1_700_000_000

@@ -1,5 +1,5 @@
 """
-Tests for L{lmproxy.process}: line splitting, argument splitting, command
+Tests for L{lmproxy.core.process}: line splitting, argument splitting, command
 resolution, spawning a service in its own session, its log output, the stop
 sequence, process groups and short shell commands, all on a
 L{MemoryProcessReactor} (no real processes, no real time).
@@ -19,7 +19,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from lmproxy.config import ServiceConfig
-from lmproxy.process import (
+from lmproxy.core.process import (
     KILL_COMMAND_TIMEOUT_SECONDS,
     MAX_CAPTURE_BYTES,
     SETSID,

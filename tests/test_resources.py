@@ -1,5 +1,5 @@
 """
-Tests for L{lmproxy.resources}: the ledger's accounting of static and measured
+Tests for L{lmproxy.core.resources}: the ledger's accounting of static and measured
 resources, and eviction planning as a pure function.
 """
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from lmproxy.config import ResourceConfig
-from lmproxy.resources import Ledger, plan_eviction
+from lmproxy.core.resources import Ledger, plan_eviction
 
 Candidates = list[tuple[str, Mapping[str, int]]]
 

@@ -1,5 +1,5 @@
 """
-Tests for L{lmproxy.supervisor}: the life of a service (BEHAVIOUR.md section 2)
+Tests for L{lmproxy.core.supervisor}: the life of a service (BEHAVIOUR.md section 2)
 and every race it names, on a L{MemoryProcessReactor}: no real time, sockets
 or processes.  The test ends each fake process and answers each readiness
 probe by hand.
@@ -22,6 +22,9 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from lmproxy.config import Config, ResourceConfig, ServiceConfig
+from lmproxy.core.process import GROUP_POLL_SECONDS, SETSID, STOP_GRACE_SECONDS
+from lmproxy.core.readiness import PROBE_FIRST_DELAY, PROBE_MAX_DELAY, ReadinessReactor
+from lmproxy.core.supervisor import Supervisor
 from lmproxy.interfaces import (
     RUNNING,
     STARTING,
@@ -38,9 +41,6 @@ from lmproxy.interfaces import (
     Snapshot,
     UnknownService,
 )
-from lmproxy.process import GROUP_POLL_SECONDS, SETSID, STOP_GRACE_SECONDS
-from lmproxy.readiness import PROBE_FIRST_DELAY, PROBE_MAX_DELAY, ReadinessReactor
-from lmproxy.supervisor import Supervisor
 from lmproxy.testing import FakeProcess, MemoryProcessReactor
 
 TRUE = shutil.which("true")

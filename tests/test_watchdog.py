@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from lmproxy.core.watchdog import Watchdog, read_groups
 from lmproxy.testing import MemoryProcessReactor
-from lmproxy.watchdog import Watchdog, read_groups
 
 
 class ReadGroupsTests(SynchronousTestCase):
@@ -28,7 +28,7 @@ class WatchdogServiceTests(SynchronousTestCase):
         watchdog.startService()
         [process] = reactor.processes
         self.assertEqual(process.args[0], "/usr/bin/setsid")
-        self.assertEqual(process.args[-2:], ["-m", "lmproxy.watchdog"])
+        self.assertEqual(process.args[-2:], ["-m", "lmproxy.core.watchdog"])
         watchdog.add(6)
         watchdog.discard(5)
         watchdog.discard(99)  # never registered: nothing sent

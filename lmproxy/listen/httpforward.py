@@ -1,7 +1,7 @@
 """
 Forward one HTTP request to a backend and relay its response as it arrives.
 
-The OpenAI listener (L{lmproxy.openai}) terminates HTTP and forwards each
+The OpenAI listener (L{lmproxy.listen.openai}) terminates HTTP and forwards each
 request on its own through an C{IAgent} (a persistent connection pool in
 production).  This module is the byte-moving half of that: hop-by-hop header
 filtering, the request body producer, and the response relay that streams the

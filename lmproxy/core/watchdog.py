@@ -7,7 +7,7 @@ pipe closes (lmproxy has exited, however it died), the watchdog sends SIGTERM to
 every group still registered, and SIGKILL to those still there after a grace
 period.  After a normal shutdown no group is registered and it just exits.
 
-``python -m lmproxy.watchdog`` is the watchdog itself; L{Watchdog} is lmproxy's
+``python -m lmproxy.core.watchdog`` is the watchdog itself; L{Watchdog} is lmproxy's
 side of the pipe.
 """
 
@@ -47,7 +47,7 @@ class Watchdog(Service):
         self._transport = self._reactor.spawnProcess(
             _WatchdogProtocol(self),
             self._setsid,
-            [self._setsid, sys.executable, "-m", "lmproxy.watchdog"],
+            [self._setsid, sys.executable, "-m", "lmproxy.core.watchdog"],
             env=dict(os.environ),
             childFDs={0: "w", 1: 1, 2: 2},
         )

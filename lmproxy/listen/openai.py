@@ -37,8 +37,8 @@ from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import NEED_DATA, Data, Epilogue, Field, MultipartDecoder
 
 from lmproxy.config import DEFAULT_OPENAI_MAX_BODY_BYTES, Config
-from lmproxy.httpforward import relay, send
 from lmproxy.interfaces import IBackends, ServiceUnavailable
+from lmproxy.listen.httpforward import relay, send
 from lmproxy.logs import log_observer
 
 # Through log_observer: the per-request debug line only with LogLevel Debug.

@@ -50,7 +50,7 @@ _EOL = re.compile(rb"\r\n|\r|\n")
 
 
 class GroupRegistry(Protocol):
-    """Told which process groups lmproxy owns (see L{lmproxy.watchdog})."""
+    """Told which process groups lmproxy owns (see L{lmproxy.core.watchdog})."""
 
     def add(self, pgid: int) -> None: ...
 

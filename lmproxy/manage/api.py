@@ -3,7 +3,7 @@ The management API (a Klein app served on ``ManagementApi.ListenPort``).
 
 Routes:
 
-- ``GET /status``: every service and resource (see L{lmproxy.statusjson}).
+- ``GET /status``: every service and resource (see L{lmproxy.manage.statusjson}).
 - ``POST /services/{name}/start``, ``POST /services/{name}/stop[?force=1]``.
 - ``GET /events``: Server-Sent Events.  On connect one ``status`` event (the
   whole ``/status`` document); then ``service`` (one service object) and
@@ -14,7 +14,7 @@ Routes:
 - ``GET /services/{name}/logs?tail=N[&follow=1]``: the log's last lines as
   text; with ``follow``, SSE ``lines`` events (one ``data:`` field per line)
   and a ``reset`` event when the file was truncated or replaced.
-- ``GET /metrics``: Prometheus text format (see L{lmproxy.metrics}).
+- ``GET /metrics``: Prometheus text format (see L{lmproxy.manage.metrics}).
 - ``GET /`` and ``GET /dashboard/{file}``: the dashboard.
 
 Everything is answered from ``IBackends.snapshot()`` and never waits on a
@@ -52,9 +52,9 @@ from lmproxy.interfaces import (
     UnknownService,
 )
 from lmproxy.logs import log_observer
-from lmproxy.logtail import MAX_TAIL_LINES, LogFollower, Tail, read_tail
-from lmproxy.metrics import Metrics
-from lmproxy.statusjson import JSONObject, resource_json, service_json, status_json
+from lmproxy.manage.logtail import MAX_TAIL_LINES, LogFollower, Tail, read_tail
+from lmproxy.manage.metrics import Metrics
+from lmproxy.manage.statusjson import JSONObject, resource_json, service_json, status_json
 
 HEARTBEAT_SECONDS = 15.0
 LOG_POLL_SECONDS = 0.5
@@ -451,7 +451,7 @@ class ManagementApi:
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         request.setHeader(b"Content-Security-Policy", _CSP.encode("ascii"))
-        return files("lmproxy.dashboard").joinpath(name).read_bytes()
+        return files("lmproxy.manage.dashboard").joinpath(name).read_bytes()
 
     @app.route("/", methods=["GET"])
     async def index(self, request: IRequest) -> bytes:

@@ -22,8 +22,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from lmproxy.config import ServiceConfig
+from lmproxy.core.process import GroupSignaller, Reactor, run_shell
 from lmproxy.logs import log_observer
-from lmproxy.process import GroupSignaller, Reactor, run_shell
 
 PROBE_FIRST_DELAY = 0.0005
 PROBE_MAX_DELAY = 0.005

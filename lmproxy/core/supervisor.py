@@ -37,6 +37,15 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from lmproxy.config import Config, ServiceConfig
+from lmproxy.core.process import (
+    GroupRegistry,
+    GroupSignaller,
+    ServiceProcess,
+    StartError,
+    run_shell,
+)
+from lmproxy.core.readiness import ReadinessReactor, Wakeup, wait_until_ready
+from lmproxy.core.resources import Ledger, plan_eviction
 from lmproxy.interfaces import (
     RUNNING,
     STARTING,
@@ -54,9 +63,6 @@ from lmproxy.interfaces import (
     UnknownService,
 )
 from lmproxy.logs import log_observer
-from lmproxy.process import GroupRegistry, GroupSignaller, ServiceProcess, StartError, run_shell
-from lmproxy.readiness import ReadinessReactor, Wakeup, wait_until_ready
-from lmproxy.resources import Ledger, plan_eviction
 
 CHECK_COMMAND_TIMEOUT_SECONDS = 60.0
 

@@ -12,14 +12,13 @@ from typing import BinaryIO
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from lmproxy.lines import MAX_LINE_BYTES, split_lines
 from lmproxy.manage.logtail import (
     FOLLOW_CHUNK,
-    MAX_LINE_BYTES,
     TAIL_BLOCK,
     LogFollower,
     Tail,
     read_tail,
-    split_lines,
 )
 
 

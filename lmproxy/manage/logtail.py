@@ -11,7 +11,6 @@ echo splits them; bytes are decoded as UTF-8 with replacement.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -19,19 +18,16 @@ from attrs import define, field, frozen
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from lmproxy.lines import LINE_END, LineSplitter, decode, split_lines
 from lmproxy.logs import log_observer
 
 MAX_TAIL_LINES = 10_000
 MAX_TAIL_BYTES = 2 * 1024 * 1024
 TAIL_BLOCK = 64 * 1024
 FOLLOW_CHUNK = 256 * 1024
-# An unterminated line longer than this is handed out as it is, so that a
-# writer that never ends its line cannot make us buffer without bound.
-MAX_LINE_BYTES = 64 * 1024
 
 _log = Logger(observer=log_observer)
 
-_TERMINATOR = re.compile(rb"\r\n|\n|\r")
 
 Opener = Callable[[str], BinaryIO]
 FileIdentity = tuple[int, int]
@@ -39,25 +35,6 @@ FileIdentity = tuple[int, int]
 
 def _open(path: str) -> BinaryIO:
     return open(path, "rb", buffering=0)
-
-
-def _decode(line: bytes) -> str:
-    return line.decode("utf-8", errors="replace")
-
-
-def split_lines(data: bytes) -> tuple[list[bytes], bytes]:
-    """
-    Split ``data`` into complete lines and the unterminated rest.  A ``\\r`` at
-    the very end stays in the rest: it may be the first half of ``\\r\\n``.
-    """
-    lines = []
-    start = 0
-    for match in _TERMINATOR.finditer(data):
-        if match.group() == b"\r" and match.end() == len(data):
-            break
-        lines.append(data[start : match.start()])
-        start = match.end()
-    return lines, data[start:]
 
 
 @frozen
@@ -97,19 +74,19 @@ def read_tail(
             pos -= step
             f.seek(pos)
             data = f.read(step) + data
-            if len(_TERMINATOR.findall(data)) > lines:
+            if len(LINE_END.findall(data)) > lines:
                 break
     if pos > 0:
         # The window starts inside a line: drop that fragment, unless the
         # window holds no line end at all (one huge line).
-        first = _TERMINATOR.search(data)
+        first = LINE_END.search(data)
         if first is not None:
             data = data[first.end() :]
     complete, rest = split_lines(data)
     wanted = complete[-lines:] if lines > 0 else []
     return Tail(
-        [_decode(line) for line in wanted],
-        _decode(rest),
+        [decode(line) for line in wanted],
+        decode(rest),
         size - len(rest),
         (stat.st_dev, stat.st_ino),
     )
@@ -136,7 +113,7 @@ class LogFollower:
     opener: Opener = _open
     _offset: int = field(init=False, default=0)
     _identity: FileIdentity | None = field(init=False, default=None)
-    _pending: bytes = field(init=False, default=b"")
+    _splitter: LineSplitter = field(init=False, factory=LineSplitter)
     _call: IDelayedCall | None = field(init=False, default=None)
     _paused: bool = field(init=False, default=False)
     _stopped: bool = field(init=False, default=False)
@@ -177,7 +154,7 @@ class LogFollower:
     def _restart_from_beginning(self, identity: FileIdentity) -> None:
         self._identity = identity
         self._offset = 0
-        self._pending = b""
+        self._splitter = LineSplitter()
 
     def _poll(self) -> None:
         self._call = None
@@ -205,10 +182,7 @@ class LogFollower:
             f.seek(self._offset)
             data = f.read(min(FOLLOW_CHUNK, stat.st_size - self._offset))
         self._offset += len(data)
-        lines, self._pending = split_lines(self._pending + data)
-        if len(self._pending) > MAX_LINE_BYTES:
-            lines.append(self._pending)
-            self._pending = b""
+        lines = self._splitter.feed(data)
         if lines:
-            self.deliver([_decode(line) for line in lines])
+            self.deliver(lines)
         return self._offset < stat.st_size

@@ -12,17 +12,24 @@ This module imports nothing from lmproxy, so every layer can depend on it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from enum import StrEnum
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-# Service states, as /status reports them.
-STOPPED = "stopped"
-WAITING_FOR_RESOURCES = "waiting_for_resources"
-STARTING = "starting"
-RUNNING = "running"
-STOPPING = "stopping"
+
+class ServiceState(StrEnum):
+    """
+    The states of a service, in the order of its life, as ``/status``, the
+    metrics and the dashboard name them.
+    """
+
+    STOPPED = "stopped"
+    WAITING_FOR_RESOURCES = "waiting_for_resources"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
 
 
 class UnknownService(KeyError):
@@ -50,6 +57,12 @@ class ILease(Interface):
     host = Attribute("Address to connect to (an IP address string).")
     port = Attribute("TCP port to connect to (int).")
     service = Attribute("Name of the service (str).")
+    may_reconnect = Attribute(
+        "True when L{reconnect} may be tried after a failed connection (bool). A "
+        "client reconnects at most once: a lease that L{reconnect} gave says False, "
+        "so a backend that accepts readiness probes but not clients cannot make a "
+        "client restart it over and over."
+    )
 
     def release() -> None:
         """
@@ -71,8 +84,12 @@ class ILease(Interface):
 class IStatusObserver(Interface):
     """Told about changes of the supervisor's state, for live views and metrics."""
 
-    def status_changed(snapshot: Snapshot) -> None:
-        """A service's state, connection counts or a resource changed."""
+    def status_changed(change: StatusChange) -> None:
+        """
+        These services and resources changed (their state, connection counts,
+        holdings or measurements).  The changes of one reactor turn come as one
+        call; an observer that needs the new values asks L{IBackends} for them.
+        """
 
     def start_finished(service: str, seconds: float, succeeded: bool) -> None:
         """A start attempt of ``service`` ended after ``seconds``."""
@@ -109,6 +126,12 @@ class IBackends(Interface):
     def snapshot() -> Snapshot:
         """The state of every service and resource at this instant."""
 
+    def service_status(service: str) -> ServiceStatus:
+        """The state of one service now; raises L{UnknownService}."""
+
+    def resource_status(resource: str) -> ResourceStatus:
+        """The state of one resource now; raises C{KeyError} for an unknown one."""
+
     def subscribe(observer: IStatusObserver) -> Callable[[], None]:
         """Tell ``observer`` about changes; call the result to unsubscribe."""
 
@@ -119,7 +142,7 @@ class ServiceStatus:
 
     name: str
     listen_port: int | None
-    status: str
+    status: ServiceState
     waiting_connections: int
     proxied_connections: int
     last_used: float | None  # POSIX seconds
@@ -143,6 +166,14 @@ class ResourceStatus:
     in_use: int
     free: int | None
     usage_by_service: Mapping[str, int]
+
+
+@frozen
+class StatusChange:
+    """What changed since the last L{IStatusObserver.status_changed}: names."""
+
+    services: frozenset[str]
+    resources: frozenset[str]
 
 
 @frozen

@@ -31,10 +31,10 @@ from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.server import Site
 
 from lmproxy.config import Config, ResourceConfig, ServiceConfig
-from lmproxy.interfaces import RUNNING, STARTING, STOPPED, WAITING_FOR_RESOURCES
+from lmproxy.interfaces import ServiceState
 from lmproxy.manage.api import ManagementApi
+from lmproxy.testing import ScriptedBackends
 from tests.harness import Lmproxy, demo_service, free_ports, http, raw_connect, wait_for
-from tests.test_management import ScriptedBackends
 
 try:
     from selenium.webdriver.chrome.options import Options
@@ -338,7 +338,7 @@ class DashboardBrowserTests(BrowserTestCase):
         self.backends.acquire(ALPHA)
         await self.in_browser(lambda: self.wait_connections(ALPHA, 0, 1))
         self.backends.finish_start(ALPHA)
-        await self.in_browser(lambda: self.wait_state(ALPHA, RUNNING))
+        await self.in_browser(lambda: self.wait_state(ALPHA, ServiceState.RUNNING))
         await self.in_browser(lambda: self.wait_connections(ALPHA, 1, 0))
         self.assertEqual(await self.in_browser(lambda: self.mode(driver)), "live")
 
@@ -357,29 +357,29 @@ class DashboardBrowserTests(BrowserTestCase):
 
         # A varied, realistic picture for the README.
         self.backends.finish_start(ZETA)
-        self.backends.set_state(QWEN, STARTING)
+        self.backends.set_state(QWEN, ServiceState.STARTING)
         self.backends.acquire(MARKUP)
-        self.backends.set_state(MARKUP, WAITING_FOR_RESOURCES)
-        await self.in_browser(lambda: self.wait_state(MARKUP, WAITING_FOR_RESOURCES))
+        self.backends.set_state(MARKUP, ServiceState.WAITING_FOR_RESOURCES)
+        await self.in_browser(lambda: self.wait_state(MARKUP, ServiceState.WAITING_FOR_RESOURCES))
         await self.in_browser(self.screenshot)
 
         # Stop an idle service: no question asked.
-        self.backends.set_state(QWEN, STOPPED)
+        self.backends.set_state(QWEN, ServiceState.STOPPED)
         await self.in_browser(lambda: self.click(ZETA, "button.stop"))
-        await self.in_browser(lambda: self.wait_state(ZETA, STOPPED))
+        await self.in_browser(lambda: self.wait_state(ZETA, ServiceState.STOPPED))
         self.assertEqual(self.backends.stop_calls, [(ZETA, False)])
 
         # Stop a busy one: 409, the page asks, then stops with force.
         await self.in_browser(lambda: self.click(ALPHA, "button.stop"))
         await self.in_browser(self.confirm_force)
-        await self.in_browser(lambda: self.wait_state(ALPHA, STOPPED))
+        await self.in_browser(lambda: self.wait_state(ALPHA, ServiceState.STOPPED))
         self.assertEqual(self.backends.stop_calls, [(ZETA, False), (ALPHA, False), (ALPHA, True)])
 
         # Start from the page: the button waits for the start, then it runs.
         await self.in_browser(lambda: self.click(ZETA, "button.start"))
         await self.in_browser(self.wait_starting(ZETA))
         self.backends.finish_start(ZETA)
-        await self.in_browser(lambda: self.wait_state(ZETA, RUNNING))
+        await self.in_browser(lambda: self.wait_state(ZETA, ServiceState.RUNNING))
         await self.in_browser(lambda: self.wait_connections(ZETA, 0, 0))
 
         self.assertEqual(await self.in_browser(self.script_errors), [])
@@ -523,23 +523,25 @@ class RealLmproxyBrowserTests(BrowserTestCase):
             self.wait(lambda d: self.names(d) == all_three, "the services never showed")
             self.wait(lambda d: self.mode(d) == "live", "the event stream never opened")
             for name in all_three:
-                self.assertEqual(self.state_of(name)(self.driver), STOPPED)
+                self.assertEqual(self.state_of(name)(self.driver), ServiceState.STOPPED)
 
         await self.in_browser(load_page)
 
         # A client connects to qwen and stays: the page shows it start and proxy.
         held = await raw_connect(ports[self.QWEN])
         held.send(b"GET /health HTTP/1.1\r\nHost: qwen\r\n\r\n")
-        await self.in_browser(lambda: self.wait_state(self.QWEN, RUNNING))
+        await self.in_browser(lambda: self.wait_state(self.QWEN, ServiceState.RUNNING))
         await self.in_browser(lambda: self.wait_connections(self.QWEN, 1, 0))
         await wait_for(lambda: b" 200 OK" in held.received, WAIT_SECONDS, "qwen to answer")
         # One request to sdxl: it starts and stays, idle.
         code, _, _ = await http("GET", f"http://127.0.0.1:{ports[self.SDXL]}/health")
         self.assertEqual(code, 200)
-        await self.in_browser(lambda: self.wait_state(self.SDXL, RUNNING))
+        await self.in_browser(lambda: self.wait_state(self.SDXL, ServiceState.RUNNING))
         # llama does not fit beside busy qwen: its client waits.
         waiting = await raw_connect(ports[self.LLAMA])
-        await self.in_browser(lambda: self.wait_state(self.LLAMA, WAITING_FOR_RESOURCES))
+        await self.in_browser(
+            lambda: self.wait_state(self.LLAMA, ServiceState.WAITING_FOR_RESOURCES)
+        )
         await self.in_browser(lambda: self.wait_connections(self.LLAMA, 0, 1))
 
         await self.in_browser(self.sort_by_name)
@@ -548,21 +550,21 @@ class RealLmproxyBrowserTests(BrowserTestCase):
 
         # The waiting client leaves: llama is stopped again, nothing was evicted.
         waiting.close()
-        await self.in_browser(lambda: self.wait_state(self.LLAMA, STOPPED))
-        await self.in_browser(lambda: self.wait_state(self.SDXL, RUNNING))
+        await self.in_browser(lambda: self.wait_state(self.LLAMA, ServiceState.STOPPED))
+        await self.in_browser(lambda: self.wait_state(self.SDXL, ServiceState.RUNNING))
 
         # Stop the idle one: no question asked.
         await self.in_browser(lambda: self.click(self.SDXL, "button.stop"))
-        await self.in_browser(lambda: self.wait_state(self.SDXL, STOPPED))
+        await self.in_browser(lambda: self.wait_state(self.SDXL, ServiceState.STOPPED))
         # Stop the busy one: the page asks, then stops it and its client is cut off.
         await self.in_browser(lambda: self.click(self.QWEN, "button.stop"))
         await self.in_browser(self.confirm_force)
-        await self.in_browser(lambda: self.wait_state(self.QWEN, STOPPED))
+        await self.in_browser(lambda: self.wait_state(self.QWEN, ServiceState.STOPPED))
         await wait_for(lambda: held.closed.called, WAIT_SECONDS, "the held client to be cut off")
 
         _, _, body = await http("GET", f"http://127.0.0.1:{ports['api']}/status")
         states = {s["name"]: s["status"] for s in json.loads(body)["services"]}
-        self.assertEqual(states, dict.fromkeys(all_three, STOPPED))
+        self.assertEqual(states, dict.fromkeys(all_three, ServiceState.STOPPED))
         self.assertEqual(await self.in_browser(self.script_errors), [])
         await self.quit_browser()
         self.assertEqual(await lmproxy.stop(), 0)

@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from lmproxy.config import Config, ServiceConfig
-from lmproxy.interfaces import RUNNING
+from lmproxy.interfaces import ServiceState
 from lmproxy.listen.tcp import ServiceConnection, ServiceProxyFactory
 from lmproxy.testing import FakeBackends
 
@@ -77,7 +77,7 @@ class ForwarderTests(SynchronousTestCase):
         self.assertEqual(backend.value(), b"GET / HTTP/1.1\r\n\r\n")
 
     def test_backend_bytes_reach_the_client(self) -> None:
-        self.backends.set_state("llm", RUNNING)
+        self.backends.set_state("llm", ServiceState.RUNNING)
         protocol, client = self.connect_client()
         backend = self.connect_backend()
         assert protocol.peer is not None
@@ -119,7 +119,7 @@ class ForwarderTests(SynchronousTestCase):
         self.assertEqual(self.reactor.tcpClients, [])
 
     def test_client_close_closes_backend_and_releases_once(self) -> None:
-        self.backends.set_state("llm", RUNNING)
+        self.backends.set_state("llm", ServiceState.RUNNING)
         protocol, _client = self.connect_client()
         backend = self.connect_backend()
         self.assertEqual(self.proxied(), 1)
@@ -130,7 +130,7 @@ class ForwarderTests(SynchronousTestCase):
         self.assertEqual(self.proxied(), 0)
 
     def test_backend_close_closes_client(self) -> None:
-        self.backends.set_state("llm", RUNNING)
+        self.backends.set_state("llm", ServiceState.RUNNING)
         protocol, client = self.connect_client()
         self.connect_backend()
         assert protocol.peer is not None
@@ -139,7 +139,7 @@ class ForwarderTests(SynchronousTestCase):
 
     def test_flow_control_both_ways(self) -> None:
         """Each transport is registered as the producer of the other."""
-        self.backends.set_state("llm", RUNNING)
+        self.backends.set_state("llm", ServiceState.RUNNING)
         _protocol, client = self.connect_client()
         backend = self.connect_backend()
         self.assertIs(backend.producer, client)
@@ -147,7 +147,7 @@ class ForwarderTests(SynchronousTestCase):
         self.assertTrue(backend.streaming and client.streaming)
 
     def test_connection_failure_without_restart_closes_client(self) -> None:
-        self.backends.set_state("llm", RUNNING)
+        self.backends.set_state("llm", ServiceState.RUNNING)
         _protocol, client = self.connect_client()
         _, _, factory, _, _ = self.reactor.tcpClients[-1]
         factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
@@ -158,7 +158,7 @@ class ForwarderTests(SynchronousTestCase):
         """With RestartOnConnectionFailure the client waits for the new run."""
         self.backends = FakeBackends(_config(restart=True))
         self.factory = ServiceProxyFactory(self.backends, "llm", 10, self.reactor)
-        self.backends.set_state("llm", RUNNING)
+        self.backends.set_state("llm", ServiceState.RUNNING)
         protocol, client = self.connect_client()
         protocol.dataReceived(b"ping")
         _, _, factory, _, _ = self.reactor.tcpClients[-1]

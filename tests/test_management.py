@@ -2,7 +2,7 @@
 Tests for L{lmproxy.manage.api} and L{lmproxy.manage.statusjson}: every route of the
 management API, through StubTreq with L{FakeBackends} and a L{Clock}.
 
-The helpers here (L{make_config}, L{ScriptedBackends}, L{Client}) are shared
+The helpers here (L{make_config}, L{Client}) are shared
 with the other management test modules.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import treq
-from attrs import define, evolve, field
+from attrs import define
 from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.protocol import Protocol
@@ -24,10 +24,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IResponse
 
 from lmproxy.config import Config, ResourceConfig, ServiceConfig
-from lmproxy.interfaces import RUNNING, STARTING, ServiceBusy, ServiceUnavailable, Snapshot
+from lmproxy.interfaces import (
+    ServiceBusy,
+    ServiceState,
+    ServiceUnavailable,
+)
 from lmproxy.manage.api import ManagementApi, _shielded, sse
 from lmproxy.manage.statusjson import rfc3339
-from lmproxy.testing import FakeBackends, status_with
+from lmproxy.testing import ScriptedBackends
 
 ALPHA = "alpha"
 QWEN = "Qwen/Qwen 7B é"
@@ -72,23 +76,6 @@ def make_config(log_dir: str = "/nonexistent") -> Config:
         ),
         management_listen_port=7071,
     )
-
-
-@define(eq=False)
-class ScriptedBackends(FakeBackends):
-    """L{FakeBackends} whose snapshot the test can amend (last_used, counters...)."""
-
-    service_changes: dict[str, dict[str, Any]] = field(factory=dict)
-    resource_changes: dict[str, dict[str, Any]] = field(factory=dict)
-
-    def snapshot(self) -> Snapshot:
-        snap = super().snapshot()
-        for name, changes in self.service_changes.items():
-            snap = status_with(snap, name, **changes)
-        resources = tuple(
-            evolve(r, **self.resource_changes.get(r.name, {})) for r in snap.resources
-        )
-        return evolve(snap, resources=resources)
 
 
 def parse_sse(data: bytes) -> list[tuple[str, str]]:
@@ -246,7 +233,7 @@ class StatusTests(ApiCase):
         alpha, qwen = self.service(status, ALPHA), self.service(status, QWEN)
         self.assertEqual(
             (alpha["status"], alpha["proxied_connections"], alpha["waiting_connections"]),
-            (RUNNING, 2, 0),
+            (ServiceState.RUNNING, 2, 0),
         )
         self.assertEqual((alpha["is_running"], alpha["active_connections"]), (True, 2))
         self.assertEqual((qwen["waiting_connections"], qwen["active_connections"]), (1, 1))
@@ -293,9 +280,9 @@ class StatusTests(ApiCase):
 
     def test_answers_while_a_start_is_in_progress(self) -> None:
         pending = self.backends.start(QWEN)
-        self.backends.service_changes[QWEN] = {"status": STARTING}
+        self.backends.service_changes[QWEN] = {"status": ServiceState.STARTING}
         status = self.client.json("GET", "/status")
-        self.assertEqual(self.service(status, QWEN)["status"], STARTING)
+        self.assertEqual(self.service(status, QWEN)["status"], ServiceState.STARTING)
         self.assertNoResult(pending)
 
     def test_markup_in_names_is_plain_json(self) -> None:
@@ -318,13 +305,15 @@ class StartTests(ApiCase):
         response, body = self.client.finish(d)
         self.assertEqual(response.code, 200)
         service = json.loads(body)
-        self.assertEqual((service["name"], service["status"]), (ALPHA, RUNNING))
+        self.assertEqual((service["name"], service["status"]), (ALPHA, ServiceState.RUNNING))
         # A management start holds no connection.
         self.assertEqual(service["proxied_connections"], 0)
 
     def test_running_already(self) -> None:
         self.backends.finish_start(ALPHA)
-        self.assertEqual(self.client.json("POST", f"/services/{ALPHA}/start")["status"], RUNNING)
+        self.assertEqual(
+            self.client.json("POST", f"/services/{ALPHA}/start")["status"], ServiceState.RUNNING
+        )
 
     def test_failed_start_is_503(self) -> None:
         d = self.client.send("POST", f"/services/{ALPHA}/start")
@@ -389,7 +378,7 @@ class StopTests(ApiCase):
         self.backends.acquire(ALPHA)
         error = self.client.json("POST", f"/services/{ALPHA}/stop", 409)
         self.assertIn("force=1", error["error"])
-        self.assertEqual(error["service"]["status"], RUNNING)
+        self.assertEqual(error["service"]["status"], ServiceState.RUNNING)
         self.assertEqual(error["service"]["proxied_connections"], 1)
 
     def test_force(self) -> None:
@@ -489,7 +478,7 @@ class EventsTests(ApiCase):
         service = events[0][1]
         self.assertEqual(
             (service["name"], service["status"], service["proxied_connections"]),
-            (ALPHA, RUNNING, 2),
+            (ALPHA, ServiceState.RUNNING, 2),
         )
         self.assertEqual(service["active_connections"], 2)
         self.assertEqual(events[1][1]["name"], "VRAM")

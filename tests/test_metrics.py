@@ -10,10 +10,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from twisted.internet.task import Clock
 
-from lmproxy.interfaces import RUNNING
+from lmproxy.interfaces import ServiceState
 from lmproxy.manage.api import ManagementApi
 from lmproxy.manage.metrics import Metrics
-from tests.test_management import ALPHA, MARKUP, QWEN, ApiCase, ScriptedBackends, make_config
+from lmproxy.testing import ScriptedBackends
+from tests.test_management import ALPHA, MARKUP, QWEN, ApiCase, make_config
 
 
 class MetricsTests(ApiCase):
@@ -38,7 +39,9 @@ class MetricsTests(ApiCase):
         self.backends.finish_start(ALPHA)
         samples = self.scrape()["lmproxy_service_state"]
         on = {(s.labels["service"], s.labels["state"]) for s in samples if s.value == 1}
-        self.assertEqual(on, {(ALPHA, RUNNING), (QWEN, "stopped"), (MARKUP, "stopped")})
+        self.assertEqual(
+            on, {(ALPHA, ServiceState.RUNNING), (QWEN, "stopped"), (MARKUP, "stopped")}
+        )
         self.assertEqual(len(samples), 3 * 5)
 
     def test_connections(self) -> None:

@@ -34,7 +34,10 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from lmproxy.config import Config, ServiceConfig
-from lmproxy.interfaces import RUNNING, ILease
+from lmproxy.interfaces import (
+    ILease,
+    ServiceState,
+)
 from lmproxy.listen.httpforward import backend_agent, end_to_end_headers
 from lmproxy.listen.openai import JSON_CONTENT_TYPE, OpenAiApi, multipart_field
 from lmproxy.testing import FakeBackends
@@ -184,7 +187,7 @@ class ProxyTestCase(SynchronousTestCase):
         self.client = StubTreq(self.api.app.resource())
 
     def make_running(self, service: str = "chat") -> None:
-        self.backends.set_state(service, RUNNING)
+        self.backends.set_state(service, ServiceState.RUNNING)
 
     def pump(self) -> None:
         """Move every pending byte between client, proxy and model server."""
@@ -837,8 +840,8 @@ class WireTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.backends = RecordingBackends()
-        self.backends.set_state("chat", RUNNING)
-        self.backends.set_state("embed", RUNNING)
+        self.backends.set_state("chat", ServiceState.RUNNING)
+        self.backends.set_state("embed", ServiceState.RUNNING)
         self.wire = Wire(self.backends)
 
     def test_forwarded_bytes(self) -> None:

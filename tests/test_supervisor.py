@@ -26,19 +26,16 @@ from lmproxy.core.process import GROUP_POLL_SECONDS, SETSID, STOP_GRACE_SECONDS
 from lmproxy.core.readiness import PROBE_FIRST_DELAY, PROBE_MAX_DELAY, ReadinessReactor
 from lmproxy.core.supervisor import Supervisor
 from lmproxy.interfaces import (
-    RUNNING,
-    STARTING,
-    STOPPED,
-    STOPPING,
-    WAITING_FOR_RESOURCES,
     IBackends,
     ILease,
     IStatusObserver,
     ResourceStatus,
     ServiceBusy,
+    ServiceState,
     ServiceStatus,
     ServiceUnavailable,
     Snapshot,
+    StatusChange,
     UnknownService,
 )
 from lmproxy.testing import FakeProcess, MemoryProcessReactor
@@ -61,13 +58,14 @@ def ignore_sigterm(process: FakeProcess, signum: int) -> None:
 class RecordingObserver:
     """Records what an L{IStatusObserver} is told."""
 
-    def __init__(self) -> None:
+    def __init__(self, backends: IBackends) -> None:
+        self.backends = backends
         self.snapshots: list[Snapshot] = []
         self.starts: list[tuple[str, float, bool]] = []
         self.evicted: list[str] = []
 
-    def status_changed(self, snapshot: Snapshot) -> None:
-        self.snapshots.append(snapshot)
+    def status_changed(self, change: StatusChange) -> None:
+        self.snapshots.append(self.backends.snapshot())
 
     def start_finished(self, service: str, seconds: float, succeeded: bool) -> None:
         self.starts.append((service, seconds, succeeded))
@@ -87,7 +85,6 @@ class SupervisorTestCase(SynchronousTestCase):
         self.default_on_signal = self.reactor.on_signal
         self.log_dir = os.path.abspath(self.mktemp())
         self.ports: dict[str, int] = {}
-        self.observer = RecordingObserver()
         self.acquired: list[Deferred[ILease]] = []
 
     def service(
@@ -119,6 +116,7 @@ class SupervisorTestCase(SynchronousTestCase):
         self.supervisor = Supervisor(
             config, cast(ReadinessReactor, self.reactor), self.reactor.signal_group
         )
+        self.observer = RecordingObserver(self.supervisor)
         self.supervisor.subscribe(self.observer)
         self.supervisor.startService()
         self.reactor.advance(0)
@@ -232,13 +230,13 @@ class StartTests(SupervisorTestCase):
         """
         self.supervise([self.service("A", {"VRAM": 6})], [ResourceConfig("VRAM", 10)])
         self.assertTrue(verifyObject(IBackends, self.supervisor))
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertEqual(self.reactor.processes, [])
         d = self.acquire("A")
         self.assertNoResult(d)
         process = self.proc("A")
         self.assertEqual(process.args, [SETSID, TRUE, "A"])
-        self.assertEqual(self.state("A"), STARTING)
+        self.assertEqual(self.state("A"), ServiceState.STARTING)
         self.assertEqual(self.status("A").waiting_connections, 1)
         self.assertEqual(self.status("A").pid, process.pid)
         self.assertEqual(self.probes(), [(HOST, 9001)])
@@ -247,7 +245,7 @@ class StartTests(SupervisorTestCase):
         lease = self.successResultOf(d)
         self.assertTrue(verifyObject(ILease, lease))
         self.assertEqual((lease.host, lease.port, lease.service), (HOST, 9001, "A"))
-        self.assertEqual(self.state("A"), RUNNING)
+        self.assertEqual(self.state("A"), ServiceState.RUNNING)
         self.assertEqual(self.status("A").waiting_connections, 0)
         self.assertEqual(self.status("A").proxied_connections, 1)
         self.assertEqual(self.status("A").starts, 1)
@@ -337,7 +335,7 @@ class HealthcheckTests(SupervisorTestCase):
         self.assertEqual(self.probes(), [])
         second.exit(0)
         self.assertEqual(self.probes(), [(HOST, 9001)])
-        self.assertEqual(self.state("A"), STARTING)
+        self.assertEqual(self.state("A"), ServiceState.STARTING)
         self.ready("A")
         self.successResultOf(d)
         self.assertEqual(len(self.shells(self.HC)), 2)
@@ -362,7 +360,7 @@ class HealthcheckTests(SupervisorTestCase):
             )
         self.assertEqual(self.reactor.signals, [(check.pid, signal.SIGKILL)])
         self.assertTrue(check.exited)
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertEqual(self.free("VRAM"), 10)
         self.assertEqual(self.status("A").failed_starts, 1)
         self.reactor.advance(10)
@@ -388,11 +386,11 @@ class HealthcheckTests(SupervisorTestCase):
         d = self.acquire("A")
         self.proc("A").exit(0)
         self.assertNoResult(d)
-        self.assertEqual(self.state("A"), STARTING)
+        self.assertEqual(self.state("A"), ServiceState.STARTING)
         self.shell(self.HC).exit(0)
         self.ready("A")
         self.successResultOf(d)
-        self.assertEqual(self.state("A"), RUNNING)
+        self.assertEqual(self.state("A"), ServiceState.RUNNING)
         self.assertEqual(self.resource("VRAM").in_use, 6)
 
     def test_first_healthcheck_stuck_until_timeout(self) -> None:
@@ -413,7 +411,7 @@ class HealthcheckTests(SupervisorTestCase):
             [(check.pid, signal.SIGKILL), (process.pid, signal.SIGTERM)],
         )
         self.assertEqual(self.reactor.live_processes(), [])
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
 
     def test_later_healthcheck_stuck_until_timeout(self) -> None:
         """
@@ -462,7 +460,7 @@ class FailedStartTests(SupervisorTestCase):
         for d in (d1, d2):
             self.unavailable(d, "service 'A' failed to start: not ready within 5 s")
         self.assertEqual(self.reactor.signals, [(process.pid, signal.SIGTERM)])
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertEqual(self.free("VRAM"), 10)
         self.assertEqual(self.status("A").failed_starts, 1)
         self.assertEqual(self.observer.starts, [("A", 5.0, False)])
@@ -479,7 +477,7 @@ class FailedStartTests(SupervisorTestCase):
             )
         self.assertEqual(len(self.spawned("A")), 1)
         self.assertEqual(self.observer.starts, [("A", 0.0, False)])
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertEqual(self.status("A").waiting_connections, 0)
         self.assertEqual(self.free("VRAM"), 10)
         # The next client starts it again.
@@ -511,7 +509,7 @@ class FailedStartTests(SupervisorTestCase):
         failure = self.failureResultOf(d, ServiceUnavailable)
         self.assertIn("service 'A' failed to start: Args", str(failure.value))
         self.assertEqual(self.reactor.processes, [])
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertEqual(self.free("VRAM"), 10)
         self.assertEqual(self.observer.starts, [("A", 0.0, False)])
 
@@ -527,7 +525,7 @@ class FailedStartTests(SupervisorTestCase):
         failure = self.failureResultOf(d, ServiceUnavailable)
         self.assertIn("service 'A' failed to start: readiness check failed", str(failure.value))
         self.assertIn("model.invalid", str(failure.value))
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertTrue(self.spawned("A")[0].exited)
 
 
@@ -553,7 +551,7 @@ class WaitingTests(SupervisorTestCase):
         """A service that does not fit beside a busy one waits; nothing is stopped."""
         d = self.acquire("A")
         self.assertNoResult(d)
-        self.assertEqual(self.state("A"), WAITING_FOR_RESOURCES)
+        self.assertEqual(self.state("A"), ServiceState.WAITING_FOR_RESOURCES)
         self.assertEqual(self.status("A").waiting_connections, 1)
         self.assertEqual(self.spawned("A"), [])
         self.assertEqual(self.reactor.signals, [])
@@ -569,26 +567,26 @@ class WaitingTests(SupervisorTestCase):
         d1.cancel()
         self.failureResultOf(d1, CancelledError)
         self.assertEqual(self.status("A").waiting_connections, 1)
-        self.assertEqual(self.state("A"), WAITING_FOR_RESOURCES)
+        self.assertEqual(self.state("A"), ServiceState.WAITING_FOR_RESOURCES)
         d2.cancel()
         self.failureResultOf(d2, CancelledError)
         self.assertEqual(self.status("A").waiting_connections, 0)
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertEqual(self.resource("VRAM").usage_by_service, {"X": 8})
         self.x_lease.release()
         self.reactor.advance(60)
         self.assertEqual(self.spawned("A"), [])
         self.assertEqual(self.reactor.signals, [])
-        self.assertEqual(self.state("X"), RUNNING)
+        self.assertEqual(self.state("X"), ServiceState.RUNNING)
 
     def test_leaving_client_unblocks_next_in_line(self) -> None:
         """When the first in line leaves, the next one is served at once."""
         da = self.acquire("A")
         db = self.acquire("B")
-        self.assertEqual(self.state("B"), WAITING_FOR_RESOURCES)
+        self.assertEqual(self.state("B"), ServiceState.WAITING_FOR_RESOURCES)
         da.cancel()
         self.failureResultOf(da, CancelledError)
-        self.assertEqual(self.state("B"), STARTING)
+        self.assertEqual(self.state("B"), ServiceState.STARTING)
         self.ready("B")
         self.successResultOf(db)
 
@@ -605,7 +603,7 @@ class WaitingTests(SupervisorTestCase):
         self.assertEqual(self.status("A").waiting_connections, 1)
         self.reactor.advance(10)
         self.unavailable(d2, "gave up waiting 30 s for resources to start service 'A'")
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertEqual(self.status("A").waiting_connections, 0)
         self.x_lease.release()
         self.assertEqual(self.reactor.signals, [])
@@ -616,7 +614,7 @@ class WaitingTests(SupervisorTestCase):
         d = self.acquire("A")
         self.reactor.advance(20)
         self.x_lease.release()
-        self.assertEqual(self.state("A"), STARTING)
+        self.assertEqual(self.state("A"), ServiceState.STARTING)
         d2 = self.acquire("A")
         self.reactor.advance(100)
         self.assertNoResult(d)
@@ -631,7 +629,7 @@ class WaitingTests(SupervisorTestCase):
         d2 = self.acquire("C")
         d1.cancel()
         self.failureResultOf(d1, CancelledError)
-        self.assertEqual(self.state("C"), STARTING)
+        self.assertEqual(self.state("C"), ServiceState.STARTING)
         self.assertEqual(self.status("C").waiting_connections, 1)
         process = self.proc("C")
         self.ready("C")
@@ -645,13 +643,13 @@ class WaitingTests(SupervisorTestCase):
         d = self.acquire("C")
         d.cancel()
         self.failureResultOf(d, CancelledError)
-        self.assertEqual(self.state("C"), STARTING)
+        self.assertEqual(self.state("C"), ServiceState.STARTING)
         self.assertEqual(self.status("C").waiting_connections, 0)
         self.ready("C")
-        self.assertEqual(self.state("C"), RUNNING)
+        self.assertEqual(self.state("C"), ServiceState.RUNNING)
         self.assertEqual(self.status("C").proxied_connections, 0)
         self.reactor.advance(120)
-        self.assertEqual(self.state("C"), STOPPED)
+        self.assertEqual(self.state("C"), ServiceState.STOPPED)
 
     def test_arrival_order(self) -> None:
         """
@@ -662,13 +660,13 @@ class WaitingTests(SupervisorTestCase):
         da = self.acquire("A")
         db = self.acquire("B")
         self.assertEqual(self.free("VRAM"), 2)
-        self.assertEqual(self.state("B"), WAITING_FOR_RESOURCES)
+        self.assertEqual(self.state("B"), ServiceState.WAITING_FOR_RESOURCES)
         dc = self.acquire("C")
-        self.assertEqual(self.state("C"), STARTING)
+        self.assertEqual(self.state("C"), ServiceState.STARTING)
         self.x_lease.release()
         x = self.spawned("X")[0]
         self.assertEqual(self.reactor.signals, [(x.pid, signal.SIGTERM)])
-        self.assertEqual(self.state("X"), STOPPED)
+        self.assertEqual(self.state("X"), ServiceState.STOPPED)
         self.assertEqual([p.command[1] for p in self.reactor.processes], ["X", "C", "A", "B"])
         self.assertEqual(self.resource("VRAM").reserved_by_starting_services, 8)
         for name in ("A", "B", "C"):
@@ -696,12 +694,12 @@ class WaitingTests(SupervisorTestCase):
         dd = self.acquire("D")
         da = self.acquire("A")
         self.x_lease.release()
-        self.assertEqual(self.state("D"), STARTING)
-        self.assertEqual(self.state("A"), WAITING_FOR_RESOURCES)
+        self.assertEqual(self.state("D"), ServiceState.STARTING)
+        self.assertEqual(self.state("A"), ServiceState.WAITING_FOR_RESOURCES)
         self.ready("D")
         self.successResultOf(dd).release()
-        self.assertEqual(self.state("D"), STOPPED)
-        self.assertEqual(self.state("A"), STARTING)
+        self.assertEqual(self.state("D"), ServiceState.STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STARTING)
         self.ready("A")
         self.successResultOf(da)
 
@@ -720,15 +718,15 @@ class EvictionTests(SupervisorTestCase):
         )
         lease = self.lease("A")
         d = self.acquire("B")
-        self.assertEqual(self.state("B"), WAITING_FOR_RESOURCES)
+        self.assertEqual(self.state("B"), ServiceState.WAITING_FOR_RESOURCES)
         self.assertEqual(self.reactor.signals, [])
         a = self.proc("A")
         lease.release()
         self.assertEqual(self.reactor.signals, [(a.pid, signal.SIGTERM)])
         self.assertEqual(self.observer.evicted, ["A"])
         self.assertEqual(self.status("A").evictions, 1)
-        self.assertEqual(self.state("A"), STOPPED)
-        self.assertEqual(self.state("B"), STARTING)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
+        self.assertEqual(self.state("B"), ServiceState.STARTING)
         self.assertEqual(self.resource("VRAM").usage_by_service, {"B": 6})
         self.ready("B")
         self.successResultOf(d)
@@ -762,7 +760,15 @@ class EvictionTests(SupervisorTestCase):
         d = self.acquire("D")
         self.assertEqual(self.reactor.signals, [(self.spawned("B")[0].pid, signal.SIGTERM)])
         self.assertEqual(self.observer.evicted, ["B"])
-        self.assertEqual([self.state(n) for n in "ABCD"], [RUNNING, STOPPED, RUNNING, STARTING])
+        self.assertEqual(
+            [self.state(n) for n in "ABCD"],
+            [
+                ServiceState.RUNNING,
+                ServiceState.STOPPED,
+                ServiceState.RUNNING,
+                ServiceState.STARTING,
+            ],
+        )
         self.ready("D")
         self.successResultOf(d)
 
@@ -787,16 +793,16 @@ class EvictionTests(SupervisorTestCase):
         e_lease = self.lease("E")
         d1 = self.acquire("D")
         kill = self.shell("stop-A")
-        self.assertEqual(self.state("A"), STOPPING)
-        self.assertEqual(self.state("D"), WAITING_FOR_RESOURCES)
+        self.assertEqual(self.state("A"), ServiceState.STOPPING)
+        self.assertEqual(self.state("D"), ServiceState.WAITING_FOR_RESOURCES)
         d2 = self.acquire("D")
         e_lease.release()  # Schedules again while A is stopping.
         self.assertEqual(self.reactor.signals, [])
         self.assertEqual(self.spawned("D"), [])
-        self.assertEqual(self.state("B"), RUNNING)
+        self.assertEqual(self.state("B"), ServiceState.RUNNING)
         kill.exit(0)
         self.assertEqual(self.reactor.signals, [(self.spawned("A")[0].pid, signal.SIGTERM)])
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertEqual(len(self.spawned("D")), 1)
         self.ready("D")
         self.successResultOf(d1)
@@ -815,8 +821,8 @@ class EvictionTests(SupervisorTestCase):
         self.run_idle("A")
         self.run_idle("B")
         self.acquire("D")
-        self.assertEqual(self.state("A"), STOPPING)
-        self.assertEqual(self.state("B"), STOPPING)
+        self.assertEqual(self.state("A"), ServiceState.STOPPING)
+        self.assertEqual(self.state("B"), ServiceState.STOPPING)
         self.shell("stop-B").exit(0)
         self.assertEqual(self.spawned("D"), [])
         self.shell("stop-A").exit(0)
@@ -841,7 +847,15 @@ class EvictionTests(SupervisorTestCase):
             self.reactor.advance(1)
         d = self.acquire("D")
         self.assertEqual(self.reactor.signals, [(self.spawned("C")[0].pid, signal.SIGTERM)])
-        self.assertEqual([self.state(n) for n in "ACBD"], [RUNNING, STOPPED, RUNNING, STARTING])
+        self.assertEqual(
+            [self.state(n) for n in "ACBD"],
+            [
+                ServiceState.RUNNING,
+                ServiceState.STOPPED,
+                ServiceState.RUNNING,
+                ServiceState.STARTING,
+            ],
+        )
         self.ready("D")
         self.successResultOf(d)
 
@@ -862,8 +876,8 @@ class EvictionTests(SupervisorTestCase):
         self.acquire("D")
         a, b = self.spawned("A")[0], self.spawned("B")[0]
         self.assertEqual(self.reactor.signals, [(a.pid, signal.SIGTERM), (b.pid, signal.SIGTERM)])
-        self.assertEqual(self.state("C"), RUNNING)
-        self.assertEqual(self.state("D"), STARTING)
+        self.assertEqual(self.state("C"), ServiceState.RUNNING)
+        self.assertEqual(self.state("D"), ServiceState.STARTING)
 
     def test_stops_nothing_when_no_set_suffices(self) -> None:
         """
@@ -883,8 +897,8 @@ class EvictionTests(SupervisorTestCase):
         d = self.acquire("D")
         self.reactor.advance(10)
         self.assertEqual(self.reactor.signals, [])
-        self.assertEqual(self.state("B"), RUNNING)
-        self.assertEqual(self.state("D"), WAITING_FOR_RESOURCES)
+        self.assertEqual(self.state("B"), ServiceState.RUNNING)
+        self.assertEqual(self.state("D"), ServiceState.WAITING_FOR_RESOURCES)
         lease.release()
         self.assertEqual(
             sorted(self.reactor.signals),
@@ -907,12 +921,12 @@ class EvictionTests(SupervisorTestCase):
         )
         da = self.acquire("A")
         db = self.acquire("B")
-        self.assertEqual(self.state("B"), WAITING_FOR_RESOURCES)
+        self.assertEqual(self.state("B"), ServiceState.WAITING_FOR_RESOURCES)
         self.assertEqual(self.reactor.signals, [])
         self.ready("A")
-        self.assertEqual(self.state("B"), WAITING_FOR_RESOURCES)
+        self.assertEqual(self.state("B"), ServiceState.WAITING_FOR_RESOURCES)
         self.successResultOf(da).release()
-        self.assertEqual(self.state("B"), STARTING)
+        self.assertEqual(self.state("B"), ServiceState.STARTING)
         self.ready("B")
         self.successResultOf(db)
 
@@ -931,10 +945,10 @@ class IdleTests(SupervisorTestCase):
         self.run_idle("A")
         process = self.proc("A")
         self.reactor.advance(59.9)
-        self.assertEqual(self.state("A"), RUNNING)
+        self.assertEqual(self.state("A"), ServiceState.RUNNING)
         self.reactor.advance(0.1)
         self.assertEqual(self.reactor.signals, [(process.pid, signal.SIGTERM)])
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertEqual(self.free("VRAM"), 10)
         self.assertEqual(self.observer.evicted, [])
 
@@ -947,24 +961,24 @@ class IdleTests(SupervisorTestCase):
         lease.release()
         self.assertEqual(self.status("A").last_used, T0 + 40)
         self.reactor.advance(59.9)
-        self.assertEqual(self.state("A"), RUNNING)
+        self.assertEqual(self.state("A"), ServiceState.RUNNING)
         self.reactor.advance(0.1)
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
 
     def test_rearmed_while_busy(self) -> None:
         """While a lease is held the service is never stopped for idleness."""
         lease = self.lease("A")
         used = self.status("A").last_used
         self.reactor.advance(60)
-        self.assertEqual(self.state("A"), RUNNING)
+        self.assertEqual(self.state("A"), ServiceState.RUNNING)
         self.assertEqual(self.status("A").last_used, used, "re-arming is not a use")
         self.reactor.advance(65)
-        self.assertEqual(self.state("A"), RUNNING)
+        self.assertEqual(self.state("A"), ServiceState.RUNNING)
         lease.release()
         self.reactor.advance(59.9)
-        self.assertEqual(self.state("A"), RUNNING)
+        self.assertEqual(self.state("A"), ServiceState.RUNNING)
         self.reactor.advance(0.1)
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertEqual(len(self.reactor.signals), 1)
 
     def test_stopped_service_starts_again(self) -> None:
@@ -987,7 +1001,7 @@ class RestartTests(SupervisorTestCase):
         d1 = first.reconnect()
         self.assertEqual(self.reactor.signals, [(old.pid, signal.SIGTERM)])
         self.assertEqual(len(self.spawned("A")), 2)
-        self.assertEqual(self.state("A"), STARTING)
+        self.assertEqual(self.state("A"), ServiceState.STARTING)
         self.assertEqual(self.status("A").proxied_connections, 2)
         d2 = second.reconnect()
         self.assertEqual(len(self.spawned("A")), 2)
@@ -1011,7 +1025,7 @@ class RestartTests(SupervisorTestCase):
         d = lease.reconnect()
         self.unavailable(d, "cannot connect to service 'A' at 127.0.0.1:9001")
         self.assertEqual(self.status("A").proxied_connections, 0)
-        self.assertEqual(self.state("A"), RUNNING)
+        self.assertEqual(self.state("A"), ServiceState.RUNNING)
         self.assertEqual(self.reactor.signals, [])
         self.assertEqual(len(self.spawned("A")), 1)
 
@@ -1023,9 +1037,9 @@ class RestartTests(SupervisorTestCase):
         self.supervise([self.service("A")])
         lease = self.lease("A")
         self.proc("A").exit(1)
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         d = lease.reconnect()
-        self.assertEqual(self.state("A"), STARTING)
+        self.assertEqual(self.state("A"), ServiceState.STARTING)
         self.ready("A")
         self.successResultOf(d)
         self.assertEqual(len(self.spawned("A")), 2)
@@ -1039,7 +1053,7 @@ class ProcessExitTests(SupervisorTestCase):
         self.supervise([self.service("A", {"VRAM": 6})], [ResourceConfig("VRAM", 10)])
         self.run_idle("A")
         self.proc("A").exit(1)
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertIsNone(self.status("A").pid)
         self.assertEqual(self.free("VRAM"), 10)
         self.assertEqual(self.resource("VRAM").in_use, 0)
@@ -1053,7 +1067,7 @@ class ProcessExitTests(SupervisorTestCase):
         self.run_idle("A")
         process = self.proc("A")
         process.exit(1, group_too=False)
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertEqual(self.reactor.signals, [(process.pid, signal.SIGTERM)])
         self.assertFalse(process.group_alive)
 
@@ -1067,7 +1081,7 @@ class ProcessExitTests(SupervisorTestCase):
         self.reactor.on_signal = ignore_sigterm
         process = self.proc("A")
         process.exit(1, group_too=False)
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         d = self.supervisor.stopService()
         self.assertNoResult(d)
         self.reactor.advance(STOP_GRACE_SECONDS)
@@ -1110,15 +1124,15 @@ class ProcessExitTests(SupervisorTestCase):
         )
         self.run_idle("A")
         self.proc("A").exit(0)
-        self.assertEqual(self.state("A"), RUNNING)
+        self.assertEqual(self.state("A"), ServiceState.RUNNING)
         self.assertEqual(self.resource("VRAM").in_use, 6)
         lease = self.lease("A")
         self.assertEqual(len(self.spawned("A")), 1)
         lease.release()
         self.reactor.advance(60)
-        self.assertEqual(self.state("A"), STOPPING)
+        self.assertEqual(self.state("A"), ServiceState.STOPPING)
         self.shell("docker stop a").exit(0)
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertEqual(self.reactor.signals, [])
         self.assertEqual(self.free("VRAM"), 10)
 
@@ -1137,10 +1151,10 @@ class ManagementTests(SupervisorTestCase):
         """C{start} starts like a client would and holds no lease."""
         d = self.supervisor.start("A")
         self.assertNoResult(d)
-        self.assertEqual(self.state("A"), STARTING)
+        self.assertEqual(self.state("A"), ServiceState.STARTING)
         self.ready("A")
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual(self.state("A"), RUNNING)
+        self.assertEqual(self.state("A"), ServiceState.RUNNING)
         self.assertEqual(self.status("A").proxied_connections, 0)
         self.assertIsNone(self.successResultOf(self.supervisor.start("A")))
         self.assertEqual(len(self.spawned("A")), 1)
@@ -1150,18 +1164,18 @@ class ManagementTests(SupervisorTestCase):
         self.lease("A")
         failure = self.failureResultOf(self.supervisor.stop("A", False), ServiceBusy)
         self.assertEqual(str(failure.value), "service 'A' has 1 proxied connection(s)")
-        self.assertEqual(self.state("A"), RUNNING)
+        self.assertEqual(self.state("A"), ServiceState.RUNNING)
         self.assertEqual(self.reactor.signals, [])
         self.assertIsNone(self.successResultOf(self.supervisor.stop("A", True)))
         self.assertEqual(self.reactor.signals, [(self.spawned("A")[0].pid, signal.SIGTERM)])
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertEqual(self.free("VRAM"), 10)
 
     def test_stop_idle(self) -> None:
         """An idle service stops without force; stopping a stopped one does nothing."""
         self.run_idle("A")
         self.assertIsNone(self.successResultOf(self.supervisor.stop("A", False)))
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertIsNone(self.successResultOf(self.supervisor.stop("A", False)))
         self.assertEqual(len(self.reactor.signals), 1)
 
@@ -1174,7 +1188,7 @@ class ManagementTests(SupervisorTestCase):
             self.unavailable(d, "service 'A' failed to start: stopped on request")
         self.assertIsNone(self.successResultOf(stopped))
         self.assertEqual(self.reactor.signals, [(process.pid, signal.SIGTERM)])
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertEqual(self.observer.starts, [("A", 0.0, False)])
         self.assertEqual(self.probes(), [])
 
@@ -1197,7 +1211,7 @@ class ManagementTests(SupervisorTestCase):
         d = self.acquire("B")
         self.assertIsNone(self.successResultOf(self.supervisor.stop("B", False)))
         self.unavailable(d, "service 'B' was not started: stopped on request")
-        self.assertEqual(self.state("B"), STOPPED)
+        self.assertEqual(self.state("B"), ServiceState.STOPPED)
         lease.release()
         self.assertEqual(self.spawned("B"), [])
         self.assertEqual(self.reactor.signals, [])
@@ -1222,7 +1236,13 @@ class ShutdownTests(SupervisorTestCase):
         self.c_waiter = self.acquire("C")
         self.d_waiter = self.acquire("D")
         self.assertEqual(
-            [self.state(n) for n in "ABCD"], [RUNNING, RUNNING, STARTING, WAITING_FOR_RESOURCES]
+            [self.state(n) for n in "ABCD"],
+            [
+                ServiceState.RUNNING,
+                ServiceState.RUNNING,
+                ServiceState.STARTING,
+                ServiceState.WAITING_FOR_RESOURCES,
+            ],
         )
         self.a, self.b, self.c = self.proc("A"), self.proc("B"), self.proc("C")
 
@@ -1248,12 +1268,12 @@ class ShutdownTests(SupervisorTestCase):
             self.reactor.signals[3:],
             [(self.a.pid, signal.SIGKILL), (self.c.pid, signal.SIGKILL)],
         )
-        self.assertEqual(self.state("B"), STOPPING)
+        self.assertEqual(self.state("B"), ServiceState.STOPPING)
         self.reactor.advance(1)
         self.assertEqual(self.reactor.signals[-1], (self.b.pid, signal.SIGKILL))
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(self.reactor.live_processes(), [])
-        self.assertEqual([self.state(n) for n in "ABCD"], [STOPPED] * 4)
+        self.assertEqual([self.state(n) for n in "ABCD"], [ServiceState.STOPPED] * 4)
 
     def test_acquire_during_shutdown(self) -> None:
         """Once shutting down, new clients fail at once."""
@@ -1267,7 +1287,7 @@ class ShutdownTests(SupervisorTestCase):
         """A client waiting for a service that is stopping fails at shutdown."""
         self.reactor.on_signal = ignore_sigterm
         self.a_lease.release()  # A is evicted for D, and ignores SIGTERM.
-        self.assertEqual(self.state("A"), STOPPING)
+        self.assertEqual(self.state("A"), ServiceState.STOPPING)
         waiter = self.acquire("A")
         d = self.supervisor.stopService()
         self.assertNoResult(waiter)
@@ -1368,11 +1388,15 @@ class MeasuredResourceTests(SupervisorTestCase):
         self.measured_lease("A", b"10000\n").release()
         d = self.acquire("S")  # needs VRAM 100, which evicting A would free
         self.measure(b"N/A\n")
-        self.assertEqual(self.state("A"), RUNNING, "nothing is evicted on an unknown value")
-        self.assertEqual(self.state("S"), WAITING_FOR_RESOURCES)
+        self.assertEqual(
+            self.state("A"), ServiceState.RUNNING, "nothing is evicted on an unknown value"
+        )
+        self.assertEqual(self.state("S"), ServiceState.WAITING_FOR_RESOURCES)
         self.reactor.advance(2.0)  # CheckWhenNotEnoughIntervalMilliseconds later: measured again
         self.measure(b"50\n")
-        self.assertEqual(self.state("A"), STOPPED, "a real shortfall evicts the idle service")
+        self.assertEqual(
+            self.state("A"), ServiceState.STOPPED, "a real shortfall evicts the idle service"
+        )
         self.measure(b"10000\n")
         self.ready("S")
         self.successResultOf(d)
@@ -1383,9 +1407,9 @@ class MeasuredResourceTests(SupervisorTestCase):
         d = self.acquire("A")
         self.assertEqual(len(self.shells(self.CHECK)), 2)
         self.assertEqual(self.spawned("A"), [])
-        self.assertEqual(self.state("A"), WAITING_FOR_RESOURCES)
+        self.assertEqual(self.state("A"), ServiceState.WAITING_FOR_RESOURCES)
         self.measure(b"9000\n")
-        self.assertEqual(self.state("A"), STARTING)
+        self.assertEqual(self.state("A"), ServiceState.STARTING)
         self.assertEqual(
             self.resource("VRAM"), ResourceStatus("VRAM", None, 9000, 4000, 0, 5000, {"A": 4000})
         )
@@ -1402,7 +1426,7 @@ class MeasuredResourceTests(SupervisorTestCase):
         self.assertEqual(len(self.shells(self.CHECK)), 2)
         d = self.acquire("B")
         self.measure(b"5000\n")
-        self.assertEqual(self.state("B"), WAITING_FOR_RESOURCES)
+        self.assertEqual(self.state("B"), ServiceState.WAITING_FOR_RESOURCES)
         self.assertEqual(self.reactor.signals, [])
         self.reactor.advance(1.9)
         self.assertEqual(len(self.shells(self.CHECK)), 3)
@@ -1412,10 +1436,10 @@ class MeasuredResourceTests(SupervisorTestCase):
         self.reactor.advance(2)
         self.assertEqual(len(self.shells(self.CHECK)), 5)
         self.measure(b"8000\n")
-        self.assertEqual(self.state("B"), STARTING)
+        self.assertEqual(self.state("B"), ServiceState.STARTING)
         self.ready("B")
         self.successResultOf(d)
-        self.assertEqual(self.state("A"), RUNNING)
+        self.assertEqual(self.state("A"), ServiceState.RUNNING)
         lease.release()
         self.reactor.advance(10)
         self.assertEqual(len(self.shells(self.CHECK)), 5)
@@ -1431,10 +1455,10 @@ class MeasuredResourceTests(SupervisorTestCase):
         self.measure(b"5000\n")
         lease.release()
         self.assertEqual(self.reactor.signals, [(self.spawned("A")[0].pid, signal.SIGTERM)])
-        self.assertEqual(self.state("A"), STOPPED)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertEqual(len(self.shells(self.CHECK)), 4)
         self.measure(b"9000\n")
-        self.assertEqual(self.state("B"), STARTING)
+        self.assertEqual(self.state("B"), ServiceState.STARTING)
         self.ready("B")
         self.successResultOf(d)
 
@@ -1445,9 +1469,9 @@ class MeasuredResourceTests(SupervisorTestCase):
         d = self.acquire("S")
         self.reactor.advance(10)
         self.assertEqual(len(self.shells(self.CHECK)), 1)
-        self.assertEqual(self.state("S"), WAITING_FOR_RESOURCES)
+        self.assertEqual(self.state("S"), ServiceState.WAITING_FOR_RESOURCES)
         lease.release()
-        self.assertEqual(self.state("R"), STOPPED)
+        self.assertEqual(self.state("R"), ServiceState.STOPPED)
         self.assertEqual(len(self.shells(self.CHECK)), 2)
         self.measure(b"10000\n")
         self.ready("S")
@@ -1490,17 +1514,17 @@ class StaleMeasurementTests(SupervisorTestCase):
         self.reactor.on_signal = ignore_sigterm
         big = self.acquire("BIG")
         self.measure(b"5000\n")  # 3000 missing: V1, least recently used, is evicted
-        self.assertEqual(self.state("V1"), STOPPING)
+        self.assertEqual(self.state("V1"), ServiceState.STOPPING)
         self.acquire("SMALL")  # another client: VRAM is measured again
         check = self.shell(self.CHECK)
         self.reactor.advance(STOP_GRACE_SECONDS)  # V1 is gone while the check runs
-        self.assertEqual(self.state("V1"), STOPPED)
+        self.assertEqual(self.state("V1"), ServiceState.STOPPED)
         check.output(b"5000\n")  # what was free before V1 stopped
         check.exit(0)
-        self.assertEqual(self.state("V2"), RUNNING, "V2 is not evicted for nothing")
+        self.assertEqual(self.state("V2"), ServiceState.RUNNING, "V2 is not evicted for nothing")
         self.measure(b"9000\n")
-        self.assertEqual(self.state("BIG"), STARTING)
-        self.assertEqual(self.state("V2"), RUNNING)
+        self.assertEqual(self.state("BIG"), ServiceState.STARTING)
+        self.assertEqual(self.state("V2"), ServiceState.RUNNING)
         self.ready("BIG")
         self.successResultOf(big)
 
@@ -1530,7 +1554,7 @@ class StatusTests(SupervisorTestCase):
         stopped = ServiceStatus(
             name="A",
             listen_port=8001,
-            status=STOPPED,
+            status=ServiceState.STOPPED,
             waiting_connections=0,
             proxied_connections=0,
             last_used=None,
@@ -1554,7 +1578,12 @@ class StatusTests(SupervisorTestCase):
         a_waiter = self.acquire("A")
         self.assertEqual(
             self.status("A"),
-            evolve(stopped, status=WAITING_FOR_RESOURCES, waiting_connections=1, last_used=T0 + 1),
+            evolve(
+                stopped,
+                status=ServiceState.WAITING_FOR_RESOURCES,
+                waiting_connections=1,
+                last_used=T0 + 1,
+            ),
         )
         self.assertEqual(
             self.resource("VRAM"), ResourceStatus("VRAM", 10, None, 0, 6, 4, {"B": 6, "A": 6})
@@ -1565,7 +1594,7 @@ class StatusTests(SupervisorTestCase):
         b_lease.release()
         pid = self.proc("A").pid
         starting = evolve(
-            stopped, status=STARTING, waiting_connections=1, last_used=T0 + 1, pid=pid
+            stopped, status=ServiceState.STARTING, waiting_connections=1, last_used=T0 + 1, pid=pid
         )
         self.assertEqual(self.status("A"), starting)
         self.assertEqual(self.status("B").evictions, 1)
@@ -1578,7 +1607,7 @@ class StatusTests(SupervisorTestCase):
         lease = self.successResultOf(a_waiter)
         running = evolve(
             starting,
-            status=RUNNING,
+            status=ServiceState.RUNNING,
             waiting_connections=0,
             proxied_connections=1,
             last_used=T0 + 3,
@@ -1593,7 +1622,7 @@ class StatusTests(SupervisorTestCase):
         self.supervisor.stop("A", False)
         self.assertEqual(
             self.status("A"),
-            evolve(running, status=STOPPING, proxied_connections=0, last_used=T0 + 4),
+            evolve(running, status=ServiceState.STOPPING, proxied_connections=0, last_used=T0 + 4),
         )
         self.assertEqual(self.resource("VRAM"), ResourceStatus("VRAM", 10, None, 0, 6, 4, {"A": 6}))
         self.shell("stop-A").exit(0)
@@ -1608,7 +1637,7 @@ class StatusTests(SupervisorTestCase):
         self.assertEqual(self.observer.snapshots, [])
         self.reactor.advance(0)
         [snapshot] = self.observer.snapshots
-        self.assertEqual(snapshot.services[0].status, STARTING)
+        self.assertEqual(snapshot.services[0].status, ServiceState.STARTING)
         self.assertEqual(snapshot.services[0].waiting_connections, 2)
         self.reactor.advance(0)
         self.assertEqual(len(self.observer.snapshots), 1)
@@ -1629,7 +1658,7 @@ class StatusTests(SupervisorTestCase):
 
     def test_unsubscribe(self) -> None:
         """An unsubscribed observer hears nothing more; unsubscribing twice is harmless."""
-        other = RecordingObserver()
+        other = RecordingObserver(self.supervisor)
         unsubscribe = self.supervisor.subscribe(other)
         self.acquire("A")
         self.reactor.advance(0)
@@ -1647,11 +1676,11 @@ class StatusTests(SupervisorTestCase):
 
         @implementer(IStatusObserver)
         class Broken(RecordingObserver):
-            def status_changed(self, snapshot: Snapshot) -> None:
+            def status_changed(self, change: StatusChange) -> None:
                 raise ZeroDivisionError()
 
-        unsubscribe = self.supervisor.subscribe(Broken())
-        last = RecordingObserver()
+        unsubscribe = self.supervisor.subscribe(Broken(self.supervisor))
+        last = RecordingObserver(self.supervisor)
         self.supervisor.subscribe(last)
         self.acquire("A")
         self.reactor.advance(0)
@@ -1674,23 +1703,23 @@ class StatusTests(SupervisorTestCase):
             def service_evicted(self, service: str) -> None:
                 raise ZeroDivisionError()
 
-        self.supervisor.subscribe(Broken())
-        last = RecordingObserver()
+        self.supervisor.subscribe(Broken(self.supervisor))
+        last = RecordingObserver(self.supervisor)
         self.supervisor.subscribe(last)
         lease = self.lease("A")
-        self.assertEqual(self.state("A"), RUNNING)
+        self.assertEqual(self.state("A"), ServiceState.RUNNING)
         lease.release()
         d = self.acquire("B")
         self.assertEqual(last.evicted, ["A"])
         self.shell("stop-A").exit(0)
-        self.assertEqual(self.state("A"), STOPPED)
-        self.assertEqual(self.state("B"), STARTING)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
+        self.assertEqual(self.state("B"), ServiceState.STARTING)
         self.reactor.advance(1)
         self.proc("B").exit(1)
         self.unavailable(
             d, "service 'B' failed to start: process exited with status 1 while starting"
         )
-        self.assertEqual(self.state("B"), STOPPED)
+        self.assertEqual(self.state("B"), ServiceState.STOPPED)
         self.assertEqual(self.free("VRAM"), 10)
         self.assertEqual([(name, ok) for name, _, ok in last.starts], [("A", True), ("B", False)])
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 3)

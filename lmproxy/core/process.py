@@ -13,7 +13,6 @@ id is not reused while the group has members).
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -34,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lmproxy.config import ServiceConfig
+from lmproxy.lines import LineSplitter
 from lmproxy.logs import log_observer
 
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
@@ -45,8 +45,6 @@ MAX_CAPTURE_BYTES = 64 * 1024
 
 GroupSignaller = Callable[[int, int], None]
 """Send a signal to a process group: ``os.killpg``, or a fake in tests."""
-
-_EOL = re.compile(rb"\r\n|\r|\n")
 
 
 class GroupRegistry(Protocol):
@@ -63,27 +61,6 @@ class StartError(Exception):
 
 class Reactor(IReactorProcess, IReactorTime):
     """The reactor features this module needs (for type hints only)."""
-
-
-class LineSplitter:
-    """Splits a byte stream into lines on ``\\n``, ``\\r\\n`` and ``\\r``."""
-
-    def __init__(self) -> None:
-        self._pending = b""
-
-    def feed(self, data: bytes) -> list[str]:
-        data = self._pending + data
-        held = b""
-        if data.endswith(b"\r"):
-            # Maybe the first half of a \r\n split across two reads.
-            data, held = data[:-1], b"\r"
-        *lines, rest = _EOL.split(data)
-        self._pending = rest + held
-        return [line.decode("utf-8", "replace") for line in lines]
-
-    def flush(self) -> list[str]:
-        rest, self._pending = self._pending.rstrip(b"\r"), b""
-        return [rest.decode("utf-8", "replace")] if rest else []
 
 
 def split_args(args: str) -> list[str]:

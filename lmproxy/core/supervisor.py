@@ -47,19 +47,16 @@ from lmproxy.core.process import (
 from lmproxy.core.readiness import ReadinessReactor, Wakeup, wait_until_ready
 from lmproxy.core.resources import Ledger, plan_eviction
 from lmproxy.interfaces import (
-    RUNNING,
-    STARTING,
-    STOPPED,
-    STOPPING,
-    WAITING_FOR_RESOURCES,
     IBackends,
     ILease,
     IStatusObserver,
     ResourceStatus,
     ServiceBusy,
+    ServiceState,
     ServiceStatus,
     ServiceUnavailable,
     Snapshot,
+    StatusChange,
     UnknownService,
 )
 from lmproxy.logs import log_observer
@@ -86,7 +83,7 @@ class _Service:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.name = config.name
-        self.state = STOPPED
+        self.state = ServiceState.STOPPED
         self.waiters: list[_Waiter] = []
         self.leases: set[_Lease] = set()
         self.process: ServiceProcess | None = None
@@ -120,6 +117,7 @@ class _Lease:
         self.host = service.host
         self.port = service.config.proxy_target_port
         self.generation = service.generation
+        self.may_reconnect = True
         self.released = False
 
     def release(self) -> None:
@@ -129,7 +127,15 @@ class _Lease:
 
     def reconnect(self) -> Deferred[ILease]:
         self.release()
-        return self._supervisor._reconnect(self._service, self.generation)
+        if not self.may_reconnect:
+            return fail(ServiceUnavailable(f"cannot connect to service {self.service!r}"))
+
+        def last_chance(lease: ILease) -> ILease:
+            assert isinstance(lease, _Lease)
+            lease.may_reconnect = False
+            return lease
+
+        return self._supervisor._reconnect(self._service, self.generation).addCallback(last_chance)
 
 
 @implementer(IBackends)
@@ -209,7 +215,7 @@ class Supervisor(Service):
         if self._shutting_down:
             return fail(ServiceUnavailable("lmproxy is shutting down"))
         self._touch(svc)
-        if svc.state == RUNNING:
+        if svc.state == ServiceState.RUNNING:
             return succeed(self._new_lease(svc))
         return self._wait_for_running(svc).addCallback(lambda _: self._lease_or_wait(svc))
 
@@ -260,11 +266,11 @@ class Supervisor(Service):
 
         waiter = _Waiter(Deferred(client_left))
         svc.waiters.append(waiter)
-        if svc.state != STARTING:
+        if svc.state != ServiceState.STARTING:
             waiter.timer = self._reactor.callLater(
                 self._config.max_wait, self._waiter_timed_out, svc, waiter
             )
-        if svc.state == STOPPED:
+        if svc.state == ServiceState.STOPPED:
             self._enqueue(svc)
         self._changed()
         return waiter.deferred
@@ -273,9 +279,9 @@ class Supervisor(Service):
         waiter.cancel_timer()
         if waiter in svc.waiters:
             svc.waiters.remove(waiter)
-        if not svc.waiters and svc.state == WAITING_FOR_RESOURCES:
+        if not svc.waiters and svc.state == ServiceState.WAITING_FOR_RESOURCES:
             self._queue.remove(svc)
-            svc.state = STOPPED
+            svc.state = ServiceState.STOPPED
             self._schedule()
         self._changed()
 
@@ -302,7 +308,7 @@ class Supervisor(Service):
             waiter.deferred.errback(ServiceUnavailable(message))
 
     def _enqueue(self, svc: _Service) -> None:
-        svc.state = WAITING_FOR_RESOURCES
+        svc.state = ServiceState.WAITING_FOR_RESOURCES
         svc.wait_reported = False
         self._queue.append(svc)
         # It must start: what its CheckCommands reported earlier is stale.
@@ -326,7 +332,7 @@ class Supervisor(Service):
                 claimed: set[str] = set()
                 for svc in list(self._queue):
                     needs = set(svc.config.resource_requirements)
-                    if svc.state != WAITING_FOR_RESOURCES or needs & claimed:
+                    if svc.state != ServiceState.WAITING_FOR_RESOURCES or needs & claimed:
                         continue
                     if not self._place(svc):
                         claimed |= needs
@@ -354,7 +360,7 @@ class Supervisor(Service):
             self._start(svc)
             return True
         for other in self._services.values():
-            if other.state == STOPPING:
+            if other.state == ServiceState.STOPPING:
                 for resource, amount in self._ledger.holding(other.name).items():
                     if resource in missing:
                         missing[resource] -= amount
@@ -362,7 +368,11 @@ class Supervisor(Service):
         if not missing:
             return False  # what is being stopped already makes room
         idle = sorted(
-            (s for s in self._services.values() if s.state == RUNNING and not s.leases),
+            (
+                s
+                for s in self._services.values()
+                if s.state == ServiceState.RUNNING and not s.leases
+            ),
             key=lambda s: s.last_used or 0.0,
         )
         victims = plan_eviction(missing, [(s.name, self._ledger.holding(s.name)) for s in idle])
@@ -465,7 +475,7 @@ class Supervisor(Service):
 
     def _start(self, svc: _Service) -> None:
         self._queue.remove(svc)
-        svc.state = STARTING
+        svc.state = ServiceState.STARTING
         svc.start_began = self._reactor.seconds()
         for waiter in svc.waiters:
             waiter.cancel_timer()
@@ -523,7 +533,7 @@ class Supervisor(Service):
         await self._start_failed(svc, reason)
 
     def _started(self, svc: _Service, host: str) -> None:
-        svc.state = RUNNING
+        svc.state = ServiceState.RUNNING
         svc.host = host
         svc.generation += 1
         svc.starts += 1
@@ -546,13 +556,13 @@ class Supervisor(Service):
         seconds = self._reactor.seconds() - svc.start_began
         self.log.error("{service}: start failed: {reason}", service=svc.name, reason=reason)
         self._tell(methodcaller("start_finished", svc.name, seconds, False))
-        svc.state = STOPPING
+        svc.state = ServiceState.STOPPING
         self._fail_waiters(svc, f"service {svc.name!r} failed to start: {reason}")
         self._changed()
         await self._finish_stop(svc)
 
     def _process_exited(self, svc: _Service, process: ServiceProcess) -> None:
-        if svc.process is not process or svc.state != RUNNING:
+        if svc.process is not process or svc.state != ServiceState.RUNNING:
             return  # a stop in progress expects this exit
         if not svc.config.consider_stopped_on_process_exit:
             self.log.info(
@@ -586,23 +596,23 @@ class Supervisor(Service):
 
     def _stop(self, svc: _Service, reason: str) -> Deferred[None]:
         """Stop ``svc`` (whatever its state); fires once it is stopped."""
-        if svc.state == STOPPED:
+        if svc.state == ServiceState.STOPPED:
             return succeed(None)
-        if svc.state == WAITING_FOR_RESOURCES:
+        if svc.state == ServiceState.WAITING_FOR_RESOURCES:
             self._queue.remove(svc)
-            svc.state = STOPPED
+            svc.state = ServiceState.STOPPED
             self._fail_waiters(svc, f"service {svc.name!r} was not started: {reason}")
             self._changed()
             self._schedule()
             return succeed(None)
         stopped: Deferred[None] = Deferred()
         svc.stop_waiters.append(stopped)
-        if svc.state == STARTING:
+        if svc.state == ServiceState.STARTING:
             assert svc.abort_start is not None
             svc.abort_start.callback(reason)
-        elif svc.state == RUNNING:
+        elif svc.state == ServiceState.RUNNING:
             self.log.info("{service}: stopping ({reason})", service=svc.name, reason=reason)
-            svc.state = STOPPING
+            svc.state = ServiceState.STOPPING
             svc.cancel_idle_timer()
             self._changed()
             Deferred.fromCoroutine(self._finish_stop(svc))
@@ -618,7 +628,7 @@ class Supervisor(Service):
         self._become_stopped(svc)
 
     def _become_stopped(self, svc: _Service) -> None:
-        svc.state = STOPPED
+        svc.state = ServiceState.STOPPED
         svc.process = None
         svc.host = None
         svc.cancel_idle_timer()
@@ -646,7 +656,7 @@ class Supervisor(Service):
 
     def _lease_or_wait(self, svc: _Service) -> ILease | Deferred[ILease]:
         # An earlier waiter's callback may have stopped it again already.
-        if svc.state == RUNNING:
+        if svc.state == ServiceState.RUNNING:
             return self._new_lease(svc)
         return self.acquire(svc.name)
 
@@ -662,7 +672,7 @@ class Supervisor(Service):
         # that is over (its process exited on its own, or another client's
         # reconnect restarted it) is no one's failure: like a new client, this
         # one gets the current run, started for it if need be.
-        if svc.state == RUNNING and svc.generation == generation:
+        if svc.state == ServiceState.RUNNING and svc.generation == generation:
             if not svc.config.restart_on_connection_failure:
                 return fail(
                     ServiceUnavailable(
@@ -675,7 +685,7 @@ class Supervisor(Service):
 
     def _touch(self, svc: _Service) -> None:
         svc.last_used = self._reactor.seconds()
-        if svc.state == RUNNING:
+        if svc.state == ServiceState.RUNNING:
             self._arm_idle_timer(svc)
 
     def _arm_idle_timer(self, svc: _Service) -> None:
@@ -684,7 +694,7 @@ class Supervisor(Service):
 
     def _idle_expired(self, svc: _Service) -> None:
         svc.idle_timer = None
-        if svc.state != RUNNING:
+        if svc.state != ServiceState.RUNNING:
             return
         if svc.leases:
             self._arm_idle_timer(svc)  # busy: look again later, last_used unchanged
@@ -700,8 +710,15 @@ class Supervisor(Service):
 
     def _notify(self) -> None:
         self._notify_call = None
-        snapshot = self.snapshot()
-        self._tell(methodcaller("status_changed", snapshot))
+        change = StatusChange(frozenset(self._services), frozenset(self._ledger.resources))
+        self._tell(methodcaller("status_changed", change))
+
+    def service_status(self, service: str) -> ServiceStatus:
+        return self._service_status(self._service(service))
+
+    def resource_status(self, resource: str) -> ResourceStatus:
+        self._ledger.resources[resource]
+        return self._resource_status(resource)
 
     def _tell(self, notice: methodcaller) -> None:
         """Call ``notice`` on every observer; one that raises is logged, the rest are still told."""

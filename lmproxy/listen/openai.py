@@ -277,18 +277,21 @@ class OpenAiApi:
             log.info("Request for {service} failed: {why}", service=service, why=str(e))
             return _error(request, 503, str(e), "server_error", code="service_unavailable")
         try:
-            try:
-                response = await send(self._agent, request, lease.host, lease.port, body)
-            except _CONNECT_ERRORS as e:
-                log.info(
-                    "Connecting to {service} at {host}:{port} failed ({why}); reconnecting",
-                    service=service,
-                    host=lease.host,
-                    port=lease.port,
-                    why=str(e),
-                )
-                lease = await lease.reconnect()
-                response = await send(self._agent, request, lease.host, lease.port, body)
+            while True:
+                try:
+                    response = await send(self._agent, request, lease.host, lease.port, body)
+                    break
+                except _CONNECT_ERRORS as e:
+                    if not lease.may_reconnect:
+                        raise
+                    log.info(
+                        "Connecting to {service} at {host}:{port} failed ({why}); reconnecting",
+                        service=service,
+                        host=lease.host,
+                        port=lease.port,
+                        why=str(e),
+                    )
+                    lease = await lease.reconnect()
             await relay(response, request, service)
         except ServiceUnavailable as e:
             log.info("Request for {service} failed: {why}", service=service, why=str(e))

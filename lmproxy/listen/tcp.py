@@ -129,6 +129,10 @@ class ServiceConnection(portforward.ProxyServer):
             port=lease.port,
             why=reason.getErrorMessage(),
         )
+        if not lease.may_reconnect:
+            lease.release()
+            self.transport.loseConnection()
+            return
         self._waiting = lease.reconnect()
         self._waiting.addCallbacks(self._connect, self._unavailable)
 

@@ -48,7 +48,7 @@ from lmproxy.interfaces import (
     IStatusObserver,
     ServiceBusy,
     ServiceUnavailable,
-    Snapshot,
+    StatusChange,
     UnknownService,
 )
 from lmproxy.logs import log_observer
@@ -184,7 +184,9 @@ class _EventStream(_SseStream):
     ) -> None:
         super().__init__(request, clock, heartbeat)
         self._backends = backends
-        self._latest: Snapshot | None = None
+        # Names told changed and not yet looked at: looked at once per turn.
+        self._changed_services: set[str] = set()
+        self._changed_resources: set[str] = set()
         self._notices: deque[bytes] = deque(maxlen=MAX_QUEUED_NOTICES)
         self._sent_services: dict[str, JSONObject] = {}
         self._sent_resources: dict[str, JSONObject] = {}
@@ -200,8 +202,9 @@ class _EventStream(_SseStream):
         self.write(sse("status", _dumps(document)))
         self._unsubscribe = self._backends.subscribe(self)
 
-    def status_changed(self, snapshot: Snapshot) -> None:
-        self._latest = snapshot
+    def status_changed(self, change: StatusChange) -> None:
+        self._changed_services |= change.services
+        self._changed_resources |= change.resources
         self._schedule_flush()
 
     def start_finished(self, service: str, seconds: float, succeeded: bool) -> None:
@@ -220,24 +223,26 @@ class _EventStream(_SseStream):
 
     def _flush(self) -> None:
         self._flush_call = None
-        if self._latest is not None:
-            for service in self._latest.services:
-                as_json = service_json(service)
-                if self._sent_services.get(service.name) != as_json:
-                    self._sent_services[service.name] = as_json
-                    self.write(sse("service", _dumps(as_json)))
-            for resource in self._latest.resources:
-                as_json = resource_json(resource)
-                if self._sent_resources.get(resource.name) != as_json:
-                    self._sent_resources[resource.name] = as_json
-                    self.write(sse("resource", _dumps(as_json)))
-            self._latest = None
+        # In config order (the order of the first status document), and only
+        # what differs from what this client was sent last.
+        services, self._changed_services = self._changed_services, set()
+        for name in [n for n in self._sent_services if n in services]:
+            as_json = service_json(self._backends.service_status(name))
+            if self._sent_services[name] != as_json:
+                self._sent_services[name] = as_json
+                self.write(sse("service", _dumps(as_json)))
+        resources, self._changed_resources = self._changed_resources, set()
+        for name in [n for n in self._sent_resources if n in resources]:
+            as_json = resource_json(self._backends.resource_status(name))
+            if self._sent_resources[name] != as_json:
+                self._sent_resources[name] = as_json
+                self.write(sse("resource", _dumps(as_json)))
         while self._notices:
             self.write(self._notices.popleft())
 
     def resumeProducing(self) -> None:
         super().resumeProducing()
-        if self._latest is not None or self._notices:
+        if self._changed_services or self._changed_resources or self._notices:
             self._schedule_flush()
 
     def close(self) -> None:

@@ -18,17 +18,12 @@ from prometheus_client.registry import Collector
 from zope.interface import implementer
 
 from lmproxy.interfaces import (
-    RUNNING,
-    STARTING,
-    STOPPED,
-    STOPPING,
-    WAITING_FOR_RESOURCES,
     IBackends,
     IStatusObserver,
+    ServiceState,
     Snapshot,
+    StatusChange,
 )
-
-STATES = (STOPPED, WAITING_FOR_RESOURCES, STARTING, RUNNING, STOPPING)
 
 # Model servers take from a second (a small llama.cpp model) to many minutes.
 START_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -69,7 +64,7 @@ class _SnapshotCollector(Collector):
             "lmproxy_service_evictions", "Times it was stopped to free resources for another."
         )
         for s in snap.services:
-            for name in STATES:
+            for name in ServiceState:
                 state.add_metric([s.name, name], 1 if s.status == name else 0)
             waiting.add_metric([s.name], s.waiting_connections)
             proxied.add_metric([s.name], s.proxied_connections)
@@ -130,7 +125,7 @@ class Metrics:
         """The text exposition format of every metric."""
         return generate_latest(self.registry)
 
-    def status_changed(self, snapshot: Snapshot) -> None:
+    def status_changed(self, change: StatusChange) -> None:
         """Nothing to do: gauges are read from the snapshot at scrape time."""
 
     def start_finished(self, service: str, seconds: float, succeeded: bool) -> None:

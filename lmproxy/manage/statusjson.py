@@ -10,7 +10,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from lmproxy.interfaces import RUNNING, ResourceStatus, ServiceStatus, Snapshot
+from lmproxy.interfaces import (
+    ResourceStatus,
+    ServiceState,
+    ServiceStatus,
+    Snapshot,
+)
 
 JSONObject = dict[str, Any]
 
@@ -42,7 +47,7 @@ def service_json(service: ServiceStatus) -> JSONObject:
         "failed_starts": service.failed_starts,
         "evictions": service.evictions,
         # The names upstream's README documents, kept for its users' scripts.
-        "is_running": service.status == RUNNING,
+        "is_running": service.status == ServiceState.RUNNING,
         "active_connections": service.waiting_connections + service.proxied_connections,
     }
 

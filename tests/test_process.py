@@ -1,8 +1,9 @@
 """
-Tests for L{lmproxy.core.process}: line splitting, argument splitting, command
-resolution, spawning a service in its own session, its log output, the stop
-sequence, process groups and short shell commands, all on a
-L{MemoryProcessReactor} (no real processes, no real time).
+Tests for L{lmproxy.core.process}, L{lmproxy.core.groups} and
+L{lmproxy.core.shell}: argument splitting, command resolution, spawning a
+service in its own session, its log output, the stop sequence, process groups
+and short shell commands, all on a L{MemoryProcessReactor} (no real processes,
+no real time).
 """
 
 from __future__ import annotations
@@ -19,20 +20,15 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from lmproxy.config import ServiceConfig
+from lmproxy.core.groups import STOP_GRACE_SECONDS, ProcessGroup
 from lmproxy.core.process import (
     KILL_COMMAND_TIMEOUT_SECONDS,
-    MAX_CAPTURE_BYTES,
-    SETSID,
-    STOP_GRACE_SECONDS,
-    ProcessGroup,
-    Reactor,
     ServiceProcess,
-    ShellResult,
     StartError,
     resolve_command,
-    run_shell,
     split_args,
 )
+from lmproxy.core.shell import MAX_CAPTURE_BYTES, SETSID, Reactor, ShellResult, run_shell
 from lmproxy.testing import FakeProcess, MemoryProcessReactor
 
 TRUE = shutil.which("true")

@@ -22,8 +22,9 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from lmproxy.config import Config, ResourceConfig, ServiceConfig
-from lmproxy.core.process import GROUP_POLL_SECONDS, SETSID, STOP_GRACE_SECONDS
+from lmproxy.core.groups import GROUP_POLL_SECONDS, STOP_GRACE_SECONDS
 from lmproxy.core.readiness import PROBE_FIRST_DELAY, PROBE_MAX_DELAY, ReadinessReactor
+from lmproxy.core.shell import SETSID
 from lmproxy.core.supervisor import Supervisor
 from lmproxy.interfaces import (
     IBackends,

@@ -1,13 +1,8 @@
 """
-Model-server processes: spawning a service's command in its own session
-(process group), writing its output to its log file and to lmproxy's log,
-and the stop sequence (KillCommand, SIGTERM to the group, SIGKILL after a grace
-period).  Also short shell commands with a time limit (healthchecks, kill and
-check commands), each in its own group so that their children die with them.
-
-A process group is only signalled while it is still ours: while its leader is
-not reaped (its pid cannot be reused), or while a member still exists (a group
-id is not reused while the group has members).
+Model-server processes: one run of a service's C{Command Args} in a session
+(process group) of its own, its output written to its log file and echoed to
+lmproxy's log, and its stop sequence (KillCommand, SIGTERM to the group,
+SIGKILL after a grace period).
 """
 
 from __future__ import annotations
@@ -17,50 +12,25 @@ import shlex
 import shutil
 import signal
 from collections.abc import Callable
-from typing import IO, Protocol
+from typing import IO
 
-from attrs import frozen
-from twisted.internet.defer import CancelledError, Deferred, FailureGroup, race
-from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import (
-    IProcessTransport,
-    IReactorProcess,
-    IReactorTime,
-)
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lmproxy.config import ServiceConfig
+from lmproxy.core.groups import STOP_GRACE_SECONDS, GroupRegistry, GroupSignaller, ProcessGroup
+from lmproxy.core.shell import SETSID, Reactor, ShellResult, run_shell
 from lmproxy.lines import LineSplitter
 from lmproxy.logs import log_observer
 
-SETSID = shutil.which("setsid") or "/usr/bin/setsid"
-STOP_GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL after this long
-KILL_WAIT_SECONDS = 5.0  # after SIGKILL, how long to wait for the group to vanish
 KILL_COMMAND_TIMEOUT_SECONDS = 60.0
-GROUP_POLL_SECONDS = 0.05  # how often to look for group members left behind by the leader
-MAX_CAPTURE_BYTES = 64 * 1024
-
-GroupSignaller = Callable[[int, int], None]
-"""Send a signal to a process group: ``os.killpg``, or a fake in tests."""
-
-
-class GroupRegistry(Protocol):
-    """Told which process groups lmproxy owns (see L{lmproxy.core.watchdog})."""
-
-    def add(self, pgid: int) -> None: ...
-
-    def discard(self, pgid: int) -> None: ...
 
 
 class StartError(Exception):
     """The service's command could not be spawned; the message says why."""
-
-
-class Reactor(IReactorProcess, IReactorTime):
-    """The reactor features this module needs (for type hints only)."""
 
 
 def split_args(args: str) -> list[str]:
@@ -82,178 +52,6 @@ def resolve_command(command: str, work_dir: str | None) -> str:
     if found is None:
         raise StartError(f"Command {command!r} was not found on PATH")
     return found
-
-
-def _exit_code(reason: Failure) -> int | None:
-    value = reason.value
-    if isinstance(value, ProcessDone | ProcessTerminated):
-        return value.exitCode
-    return None
-
-
-def _describe_exit(reason: Failure) -> str:
-    value = reason.value
-    if isinstance(value, ProcessTerminated) and value.signal is not None:
-        return f"was killed by signal {value.signal}"
-    return f"exited with status {_exit_code(reason)}"
-
-
-class ProcessGroup:
-    """
-    A process group led by a child we spawned in its own session.  Knows
-    whether it is still ours to signal.
-    """
-
-    def __init__(self, reactor: IReactorTime, signal_group: GroupSignaller) -> None:
-        self._reactor = reactor
-        self._signal_group = signal_group
-        self.pgid: int | None = None
-        self.leader_reaped = False
-        self.exit_code: int | None = None
-        self.exit_description: str | None = None
-        self._gone = False
-        self._exit_waiters: list[Deferred[None]] = []
-
-    def started(self, pid: int) -> None:
-        self.pgid = pid
-
-    def leader_exited(self, reason: Failure) -> None:
-        self.leader_reaped = True
-        self.exit_code = _exit_code(reason)
-        self.exit_description = _describe_exit(reason)
-        waiters, self._exit_waiters = self._exit_waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def when_leader_exits(self) -> Deferred[None]:
-        """Fires when the leader has been reaped (at once if it has been)."""
-        if self.leader_reaped:
-            d: Deferred[None] = Deferred()
-            d.callback(None)
-            return d
-
-        def forget(d: Deferred[None]) -> None:
-            self._exit_waiters.remove(d)
-
-        d = Deferred(forget)
-        self._exit_waiters.append(d)
-        return d
-
-    def alive(self) -> bool:
-        """Does the group still exist (and is it still ours)?"""
-        if self.pgid is None or self._gone:
-            return False
-        if not self.leader_reaped:
-            return True
-        return self.signal(0)
-
-    def signal(self, signum: int) -> bool:
-        """Signal the group if it is still ours; False once it is gone."""
-        if self.pgid is None or self._gone:
-            return False
-        try:
-            self._signal_group(self.pgid, signum)
-        except ProcessLookupError:
-            self._gone = self.leader_reaped
-            return not self._gone
-        except PermissionError:
-            # Only possible once our group is gone and its id was reused.
-            self._gone = True
-            return False
-        return True
-
-    async def wait_gone(self, seconds: float) -> bool:
-        """Wait up to ``seconds`` for every member of the group to exit."""
-        deadline = self._reactor.seconds() + seconds
-        while self.alive():
-            remaining = deadline - self._reactor.seconds()
-            if remaining <= 0:
-                return False
-            if not self.leader_reaped:
-                await race([self.when_leader_exits(), deferLater(self._reactor, remaining)])
-            else:
-                await deferLater(self._reactor, min(GROUP_POLL_SECONDS, remaining))
-        return True
-
-    async def terminate(self, grace: float) -> None:
-        """SIGTERM the group, then SIGKILL whatever is left after ``grace`` seconds."""
-        if self.signal(signal.SIGTERM) and not await self.wait_gone(grace):
-            self.signal(signal.SIGKILL)
-            await self.wait_gone(KILL_WAIT_SECONDS)
-
-
-@frozen
-class ShellResult:
-    """How a shell command ended."""
-
-    exit_code: int | None  # None: killed (timed out, or by a signal)
-    output: str  # stdout and stderr, at most MAX_CAPTURE_BYTES
-    timed_out: bool = False
-
-
-class _CapturingProtocol(ProcessProtocol):
-    def __init__(self, group: ProcessGroup) -> None:
-        self.group = group
-        self.output = bytearray()
-        self.ended: Deferred[None] = Deferred()
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        room = MAX_CAPTURE_BYTES - len(self.output)
-        if room > 0:
-            self.output += data[:room]
-
-    def processExited(self, reason: Failure) -> None:
-        self.group.leader_exited(reason)
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(None)
-
-
-async def run_shell(
-    reactor: Reactor,
-    command: str,
-    timeout: float,
-    cwd: str | None = None,
-    signal_group: GroupSignaller = os.killpg,
-) -> ShellResult:
-    """
-    Run ``sh -c command`` in its own session, killing its whole group if it
-    outlives ``timeout`` seconds or if the caller cancels.  A command that
-    cannot be spawned (no process or file descriptor left) ends like one that
-    failed: no exit code, and the reason as its output.
-    """
-    group = ProcessGroup(reactor, signal_group)
-    protocol = _CapturingProtocol(group)
-    try:
-        transport = reactor.spawnProcess(
-            protocol,
-            SETSID,
-            [SETSID, "/bin/sh", "-c", command],
-            env=dict(os.environ),
-            path=cwd,
-            childFDs={0: "w", 1: "r", 2: "r"},
-        )
-    except OSError as e:
-        return ShellResult(None, f"cannot run it: {e}")
-    assert transport.pid is not None
-    group.started(transport.pid)
-    transport.closeStdin()
-    exit_code: int | None = None
-    exited = group.when_leader_exits()
-    try:
-        index, _ = await race([exited, deferLater(reactor, timeout)])
-    except (CancelledError, FailureGroup):
-        # Cancelling a race fails it with a FailureGroup of its cancelled
-        # contenders (neither fails otherwise): the caller cancelled us.
-        group.signal(signal.SIGKILL)
-        raise CancelledError() from None
-    timed_out = index == 1
-    if timed_out:
-        group.signal(signal.SIGKILL)
-    else:
-        exit_code = group.exit_code
-    # Members of the group may still hold the pipes open; don't wait for them.
-    return ShellResult(exit_code, protocol.output.decode("utf-8", "replace"), timed_out)
 
 
 class _ServiceProtocol(ProcessProtocol):

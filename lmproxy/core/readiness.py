@@ -22,7 +22,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from lmproxy.config import ServiceConfig
-from lmproxy.core.process import GroupSignaller, Reactor, run_shell
+from lmproxy.core.groups import GroupSignaller
+from lmproxy.core.shell import Reactor, run_shell
 from lmproxy.logs import log_observer
 
 PROBE_FIRST_DELAY = 0.0005

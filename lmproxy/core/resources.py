@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from attrs import define, field
 
 from lmproxy.config import ResourceConfig
+from lmproxy.interfaces import ResourceStatus
 
 
 @define
@@ -78,6 +79,41 @@ class Ledger:
         amount = self.resources[resource].amount
         assert amount is not None, "a static resource always has an Amount"
         return amount - reserved - self.in_use(resource)
+
+    def status(
+        self, resource: str, waiting: Iterable[tuple[str, Mapping[str, int]]] = ()
+    ) -> ResourceStatus:
+        """
+        C{resource} as C{/status} shows it; C{waiting} are the services waiting
+        for resources, with their requirements, which count in its usage too.
+        """
+        usage = self.usage_by_service(resource)
+        for service, requirements in waiting:
+            if resource in requirements:
+                usage.setdefault(service, requirements[resource])
+        measured = self.is_measured(resource)
+        return ResourceStatus(
+            name=resource,
+            total=None if measured else self.resources[resource].amount,
+            measured=self.measured.get(resource) if measured else None,
+            reserved_by_starting_services=self.reserved_by_starting(resource),
+            in_use=self.in_use(resource),
+            free=self.free(resource),
+            usage_by_service=usage,
+        )
+
+    def static_shortfall(self, requirements: Mapping[str, int]) -> dict[str, int]:
+        """What is missing of the static resources C{requirements} name."""
+        return self.shortfall(requirements, [r for r in requirements if not self.is_measured(r)])
+
+    def still_missing(self, missing: Mapping[str, int], stopping: Iterable[str]) -> dict[str, int]:
+        """C{missing}, less what the services being stopped (C{stopping}) hold."""
+        left = dict(missing)
+        for service in stopping:
+            for resource, amount in self.holding(service).items():
+                if resource in left:
+                    left[resource] -= amount
+        return {r: m for r, m in left.items() if m > 0}
 
     def shortfall(
         self, requirements: Mapping[str, int], resources: Iterable[str]

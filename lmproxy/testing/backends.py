@@ -166,8 +166,7 @@ class FakeBackends:
         self.stop_calls.append((service, force))
         if self._proxied[service] and not force:
             return fail(ServiceBusy(service))
-        self.states[service] = ServiceState.STOPPED
-        self.changed([service])
+        self.fail_start(service, f"service {service!r} was stopped")
         return succeed(None)
 
     def service_status(self, service: str) -> ServiceStatus:

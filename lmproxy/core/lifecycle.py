@@ -1,0 +1,388 @@
+"""
+The life of one service, as an explicit state machine::
+
+    stopped --a client--> waiting_for_resources --placed--> starting --ready--> running
+       ^                     | last waiter left,              | failed,         | idle, evicted,
+       |                     | or stopped                     | or stopped      | stopped, restarted
+       |                     v                                v                 v
+       +-------------------- stopped <--group gone-- stopping <-----------------+
+    running --its process exited on its own--> stopped
+
+L{TRANSITIONS} lists every move a service can make; L{ServiceLifecycle._transition}
+is the one place where its state changes, and any other move is an
+L{ImpossibleTransition}: a programming error, never a state to recover from.
+
+A lifecycle owns what belongs to one service: the clients waiting for it
+(each with its deadline), its leases, its idle timer, its start attempt, its
+process and the cleanups of process groups its process left behind.  It knows
+nothing of resources or of other services: its L{LifecycleOwner} (the
+supervisor) hears of every transition and decides what may start.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from lmproxy.config import ServiceConfig
+from lmproxy.core.process import ServiceProcess
+from lmproxy.core.startup import Launcher, StartAttempt, StartFailed
+from lmproxy.core.waiters import Waiters
+from lmproxy.interfaces import ILease, ServiceState, ServiceStatus, ServiceUnavailable
+from lmproxy.logs import log_observer
+from lmproxy.timers import Timer
+
+STOPPED = ServiceState.STOPPED
+WAITING = ServiceState.WAITING_FOR_RESOURCES
+STARTING = ServiceState.STARTING
+RUNNING = ServiceState.RUNNING
+STOPPING = ServiceState.STOPPING
+
+TRANSITIONS: frozenset[tuple[ServiceState, ServiceState]] = frozenset(
+    {
+        (STOPPED, WAITING),  # a client arrived
+        (WAITING, STOPPED),  # its last waiting client left, or it was stopped
+        (WAITING, STARTING),  # the owner placed it: its resources are reserved
+        (STARTING, RUNNING),  # ready
+        (STARTING, STOPPING),  # the start failed, or it was stopped meanwhile
+        (RUNNING, STOPPING),  # idle, evicted, stopped on request, restarted
+        (RUNNING, STOPPED),  # its process exited on its own
+        (STOPPING, STOPPED),  # its process group is gone
+    }
+)
+
+
+class ImpossibleTransition(AssertionError):
+    """A move that L{TRANSITIONS} does not list: a bug in lmproxy."""
+
+
+class LifecycleOwner(Protocol):
+    """What a lifecycle tells its owner, the scheduler of every service."""
+
+    @property
+    def shutting_down(self) -> bool:
+        """True once lmproxy is stopping: no new clients, no new starts."""
+
+    def transitioned(
+        self, lifecycle: ServiceLifecycle, old: ServiceState, new: ServiceState
+    ) -> None:
+        """C{lifecycle} just moved from C{old} to C{new}."""
+
+    def idle(self, lifecycle: ServiceLifecycle) -> None:
+        """C{lifecycle} is running with no lease: it could be evicted now."""
+
+    def changed(self, lifecycle: ServiceLifecycle) -> None:
+        """Something C{lifecycle.status()} shows changed (a count, last used)."""
+
+    def start_finished(self, lifecycle: ServiceLifecycle, seconds: float, ok: bool) -> None:
+        """A start attempt of C{lifecycle} ended after C{seconds}."""
+
+
+@implementer(ILease)
+class Lease:
+    """A client's use of one run of a service (see L{ILease})."""
+
+    def __init__(self, lifecycle: ServiceLifecycle, may_reconnect: bool) -> None:
+        assert lifecycle.host is not None
+        self._lifecycle = lifecycle
+        self.service = lifecycle.name
+        self.host = lifecycle.host
+        self.port = lifecycle.config.proxy_target_port
+        self.generation = lifecycle.generation
+        self.may_reconnect = may_reconnect
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._lifecycle._lease_released(self)
+
+    def reconnect(self) -> Deferred[ILease]:
+        self.release()
+        if not self.may_reconnect:
+            return fail(ServiceUnavailable(f"cannot connect to service {self.service!r}"))
+        return self._lifecycle._reconnect(self.generation)
+
+
+class ServiceLifecycle:
+    """One service's state and everything that belongs to it (see the module docstring)."""
+
+    log = Logger(observer=log_observer)
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        owner: LifecycleOwner,
+        launcher: Launcher,
+        max_wait: float,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.state = STOPPED
+        self.last_used: float | None = None
+        self.host: str | None = None  # of the current run
+        self.generation = 0  # successful starts: a lease knows which run it used
+        self.starts = 0
+        self.failed_starts = 0
+        self.evictions = 0
+        self.process: ServiceProcess | None = None
+        self._owner = owner
+        self._launcher = launcher
+        self._clock = launcher.reactor
+        self._waiters = Waiters(self.name, self._clock, max_wait, self._waiter_left)
+        self._leases: set[Lease] = set()
+        self._stop_waiters: list[Deferred[None]] = []
+        self._attempt: StartAttempt | None = None
+        self._idle_timer = Timer(self._clock)
+        # Groups of processes that exited on their own, still being ended.
+        self._cleanups: dict[ServiceProcess, Deferred[None]] = {}
+
+    @property
+    def leases(self) -> int:
+        """How many clients are proxied now."""
+        return len(self._leases)
+
+    def status(self) -> ServiceStatus:
+        """This service as C{/status} shows it."""
+        config = self.config
+        return ServiceStatus(
+            name=self.name,
+            listen_port=config.listen_port,
+            status=self.state,
+            waiting_connections=len(self._waiters),
+            proxied_connections=len(self._leases),
+            last_used=self.last_used,
+            service_url=config.service_url,
+            resource_requirements=dict(config.resource_requirements),
+            openai_models=config.openai_api_models,
+            pid=None if self.process is None else self.process.pid,
+            starts=self.starts,
+            failed_starts=self.failed_starts,
+            evictions=self.evictions,
+        )
+
+    # -- clients ----------------------------------------------------------
+
+    def acquire(self, reconnected: bool = False) -> Deferred[ILease]:
+        """A lease of a running backend, once there is one (see L{IBackends.acquire})."""
+        if self._owner.shutting_down:
+            return fail(ServiceUnavailable("lmproxy is shutting down"))
+        self.touch()
+        if self.state is RUNNING:
+            return succeed(self._new_lease(reconnected))
+        # An earlier waiter's callback may have stopped it again: ask again.
+        return self._wait().addCallback(lambda _: self.acquire(reconnected))
+
+    def touch(self) -> None:
+        """A use: refresh last_used, and re-arm the idle timer of a running service."""
+        self.last_used = self._clock.seconds()
+        if self.state is RUNNING:
+            self._idle_timer.arm(self.config.idle_timeout, self._idle_expired)
+
+    def _wait(self) -> Deferred[None]:
+        # The wait limit is on waiting for resources, not on a start.
+        waiting = self._waiters.add(with_deadline=self.state is not STARTING)
+        if self.state is STOPPED:
+            self._transition(WAITING)
+        self._owner.changed(self)
+        return waiting
+
+    def _waiter_left(self) -> None:
+        if not self._waiters and self.state is WAITING:
+            self._transition(STOPPED)
+        self._owner.changed(self)
+
+    # -- leases and idle time -----------------------------------------------
+
+    def _new_lease(self, reconnected: bool) -> Lease:
+        lease = Lease(self, may_reconnect=not reconnected)
+        self._leases.add(lease)
+        self.touch()
+        self._owner.changed(self)
+        return lease
+
+    def _lease_released(self, lease: Lease) -> None:
+        self._leases.discard(lease)
+        self.touch()
+        self._owner.changed(self)
+        if not self._leases:
+            self._owner.idle(self)
+
+    def _reconnect(self, generation: int) -> Deferred[ILease]:
+        # Only a run that still counts as running failed this client.  A run
+        # that is over (its process exited on its own, or another client's
+        # reconnect restarted it) is no one's failure: like a new client, this
+        # one gets the current run, started for it if need be.
+        if self.state is RUNNING and self.generation == generation:
+            if not self.config.restart_on_connection_failure:
+                return fail(
+                    ServiceUnavailable(
+                        f"cannot connect to service {self.name!r} at "
+                        f"{self.config.proxy_target_host}:{self.config.proxy_target_port}"
+                    )
+                )
+            self.stop("restart after a failed connection")
+        return self.acquire(reconnected=True)
+
+    def _idle_expired(self) -> None:
+        if self.state is not RUNNING:
+            return
+        if self._leases:  # busy: look again later, last_used unchanged
+            self._idle_timer.arm(self.config.idle_timeout, self._idle_expired)
+            return
+        self.stop(f"idle for {self.config.idle_timeout:g} s")
+
+    # -- starting -----------------------------------------------------------
+
+    def start(self) -> None:
+        """The owner placed this service (its resources are reserved): start it."""
+        self._transition(STARTING)
+        self._waiters.end_deadlines()
+        attempt = self._attempt = self._launcher.attempt(self.config)
+        self.process = attempt.process
+        self._owner.changed(self)
+        Deferred.fromCoroutine(self._run_start(attempt)).addErrback(
+            lambda f: self.log.failure("{service}: start crashed", f, service=self.name)
+        )
+
+    async def _run_start(self, attempt: StartAttempt) -> None:
+        try:
+            host = await attempt.run()
+        except StartFailed as e:
+            await self._start_failed(attempt, str(e))
+            return
+        self._started(attempt, host)
+        process = attempt.process
+        process.when_exited().addCallback(lambda _: self._process_exited(process))
+
+    def _started(self, attempt: StartAttempt, host: str) -> None:
+        self._attempt = None
+        self.host = host
+        self.generation += 1
+        self.starts += 1
+        self._transition(RUNNING)
+        seconds = self._clock.seconds() - attempt.began
+        self.log.info("{service}: ready after {seconds:.3f} s", service=self.name, seconds=seconds)
+        self._owner.start_finished(self, seconds, True)
+        self.touch()
+        self._waiters.serve()
+        self._owner.changed(self)
+        if not self._leases:  # its clients left while it started
+            self._owner.idle(self)
+
+    async def _start_failed(self, attempt: StartAttempt, reason: str) -> None:
+        self._attempt = None
+        self.failed_starts += 1
+        seconds = self._clock.seconds() - attempt.began
+        self.log.error("{service}: start failed: {reason}", service=self.name, reason=reason)
+        self._owner.start_finished(self, seconds, False)
+        self._transition(STOPPING)
+        self._waiters.fail(f"service {self.name!r} failed to start: {reason}")
+        self._owner.changed(self)
+        await self._finish_stop()
+
+    def _process_exited(self, process: ServiceProcess) -> None:
+        if self.process is not process or self.state is not RUNNING:
+            return  # a stop in progress expects this exit
+        if not self.config.consider_stopped_on_process_exit:
+            self.log.info(
+                "{service}: process {how}; the service stays running "
+                "(ConsiderStoppedOnProcessExit is false)",
+                service=self.name,
+                how=process.exit_description,
+            )
+            return
+        self.log.warn(
+            "{service}: process {how} on its own; service stopped",
+            service=self.name,
+            how=process.exit_description,
+        )
+        self._become_stopped()
+        # Its children may live on in its group: end them, off the critical
+        # path (but shutdown waits for them, and kill() kills them).
+        cleanup = Deferred.fromCoroutine(process.stop(use_kill_command=False))
+        if not cleanup.called:
+            self._cleanups[process] = cleanup
+
+            def forget(_: object) -> None:
+                del self._cleanups[process]
+
+            cleanup.addErrback(
+                lambda f: self.log.failure("{service}: stopping failed", f, service=self.name)
+            )
+            cleanup.addBoth(forget)
+
+    # -- stopping -----------------------------------------------------------
+
+    def stop(self, reason: str) -> Deferred[None]:
+        """Stop this service, whatever its state; fires once it is stopped."""
+        if self.state is STOPPED:
+            return succeed(None)
+        if self.state is WAITING:
+            self._transition(STOPPED)
+            self._waiters.fail(f"service {self.name!r} was not started: {reason}")
+            return succeed(None)
+        stopped: Deferred[None] = Deferred()
+        self._stop_waiters.append(stopped)
+        if self.state is STARTING:
+            assert self._attempt is not None
+            self._attempt.abort(reason)
+        elif self.state is RUNNING:
+            self.log.info("{service}: stopping ({reason})", service=self.name, reason=reason)
+            self._idle_timer.cancel()
+            self._transition(STOPPING)
+            self._owner.changed(self)
+            Deferred.fromCoroutine(self._finish_stop())
+        return stopped
+
+    def evict(self, reason: str) -> None:
+        """Stop this idle service to free its resources for another one."""
+        self.evictions += 1
+        self.stop(reason)
+
+    def kill(self) -> None:
+        """SIGKILL its process group and the groups left behind, now."""
+        if self.process is not None:
+            self.log.warn("{service}: killing at once", service=self.name)
+            self.process.kill()
+        for process in self._cleanups:
+            process.kill()
+
+    def cleanups(self) -> list[Deferred[None]]:
+        """The ends of the groups left behind by processes that exited on their own."""
+        return list(self._cleanups.values())
+
+    async def _finish_stop(self) -> None:
+        process = self.process
+        if process is not None:
+            try:
+                await process.stop()
+            except Exception:
+                self.log.failure("{service}: stopping failed", service=self.name)
+        self._become_stopped()
+
+    def _become_stopped(self) -> None:
+        self.process = None
+        self.host = None
+        self._idle_timer.cancel()
+        self._transition(STOPPED)
+        stop_waiters, self._stop_waiters = self._stop_waiters, []
+        for d in stop_waiters:
+            d.callback(None)
+        if self._waiters:  # clients that came while it stopped
+            if self._owner.shutting_down:
+                self._waiters.fail("lmproxy is shutting down")
+            else:
+                self._transition(WAITING)
+        self._owner.changed(self)
+
+    def _transition(self, new: ServiceState) -> None:
+        """The one place where the state changes."""
+        old = self.state
+        if (old, new) not in TRANSITIONS:
+            raise ImpossibleTransition(f"service {self.name!r}: {old} -> {new}")
+        self.state = new
+        self._owner.transitioned(self, old, new)

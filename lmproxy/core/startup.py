@@ -1,0 +1,103 @@
+"""
+One start attempt of a service: spawn its process, then wait until it is
+ready (L{lmproxy.core.readiness}), until the attempt fails (the process cannot
+be spawned or exits, the startup timeout passes, the readiness check breaks)
+or until it is aborted (the service is stopped while it starts).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, race
+from twisted.internet.task import deferLater
+
+from lmproxy.config import ServiceConfig
+from lmproxy.core.groups import GroupRegistry, GroupSignaller
+from lmproxy.core.process import ServiceProcess, StartError
+from lmproxy.core.readiness import ReadinessReactor, Wakeup, wait_until_ready
+
+
+class StartFailed(Exception):
+    """A start attempt failed; the message says why, fit for clients and the log."""
+
+
+@frozen
+class Launcher:
+    """What every start attempt needs besides its service's config."""
+
+    reactor: ReadinessReactor
+    signal_group: GroupSignaller
+    output_service_logs: bool
+    registry: GroupRegistry | None = None
+
+    def attempt(self, config: ServiceConfig) -> StartAttempt:
+        """A new start attempt of the service C{config}, not begun yet."""
+        return StartAttempt(self, config)
+
+
+class StartAttempt:
+    """
+    One attempt: its L{process} exists from the beginning (it is what a stop
+    stops, even before it is spawned); L{run} spawns it and waits.
+    """
+
+    def __init__(self, launcher: Launcher, config: ServiceConfig) -> None:
+        self._launcher = launcher
+        self._config = config
+        self._wakeup = Wakeup(launcher.reactor)
+        self._aborted: Deferred[str] = Deferred()
+        self.began = launcher.reactor.seconds()
+        self.process = ServiceProcess(
+            launcher.reactor,
+            config,
+            launcher.output_service_logs,
+            launcher.signal_group,
+            # Output is a hint that the server may listen now: probe at once.
+            on_output=self._wakeup.poke,
+            registry=launcher.registry,
+        )
+
+    def abort(self, reason: str) -> None:
+        """End the attempt now: L{run} fails with C{reason}."""
+        if not self._aborted.called:
+            self._aborted.callback(reason)
+
+    async def run(self) -> str:
+        """
+        Spawn the process and wait until it is ready.
+
+        @return: the IP address of the backend.
+        @raise StartFailed: the attempt failed or was aborted.
+        """
+        reactor, config = self._launcher.reactor, self._config
+        try:
+            self.process.spawn()
+        except StartError as e:
+            raise StartFailed(str(e)) from None
+        deadline = self.began + config.startup_timeout
+        ready = Deferred.fromCoroutine(
+            wait_until_ready(reactor, config, deadline, self._wakeup, self._launcher.signal_group)
+        )
+        # A readiness error must end the race at once, not lose it silently:
+        # race() only ends early on a success, so make the error one.
+        ready.addErrback(lambda f: f.value)
+        contenders: list[Deferred[Any]] = [
+            ready,
+            self._aborted,
+            deferLater(reactor, config.startup_timeout),
+        ]
+        if config.consider_stopped_on_process_exit:
+            contenders.append(self.process.when_exited())
+        index, result = await race(contenders)
+        if index == 0 and isinstance(result, str):
+            return result
+        raise StartFailed(
+            {
+                0: f"readiness check failed: {result}",
+                1: str(result),
+                2: f"not ready within {config.startup_timeout:g} s",
+                3: f"process {self.process.exit_description} while starting",
+            }[index]
+        )

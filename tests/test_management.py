@@ -29,8 +29,9 @@ from lmproxy.interfaces import (
     ServiceState,
     ServiceUnavailable,
 )
-from lmproxy.manage.api import ManagementApi, _shielded, sse
+from lmproxy.manage.api import ManagementApi, _shielded
 from lmproxy.manage.statusjson import rfc3339
+from lmproxy.manage.streams import sse
 from lmproxy.testing import ScriptedBackends
 
 ALPHA = "alpha"

@@ -4,7 +4,7 @@ Read the end of a service's log file, and follow it as it grows.
 A model server's log can be gigabytes, so nothing here reads a whole file: the
 tail is read backwards from the end in bounded blocks, up to L{MAX_TAIL_BYTES},
 and following reads at most L{FOLLOW_CHUNK} bytes per reactor turn.  Lines end
-at ``\\n``, ``\\r\\n`` or a lone ``\\r`` (progress bars), as lmproxy's own log
+at C{\\n}, C{\\r\\n} or a lone C{\\r} (progress bars), as lmproxy's own log
 echo splits them; bytes are decoded as UTF-8 with replacement.
 """
 
@@ -15,11 +15,12 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from attrs import define, field, frozen
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from lmproxy.lines import LINE_END, LineSplitter, decode, split_lines
 from lmproxy.logs import log_observer
+from lmproxy.timers import Timer
 
 MAX_TAIL_LINES = 10_000
 MAX_TAIL_BYTES = 2 * 1024 * 1024
@@ -55,8 +56,8 @@ def read_tail(
     opener: Opener = _open,
 ) -> Tail:
     """
-    The last ``lines`` complete lines of the file at ``path`` (and its
-    unterminated last line), reading at most ``max_bytes`` from its end.  A
+    The last C{lines} complete lines of the file at C{path} (and its
+    unterminated last line), reading at most C{max_bytes} from its end.  A
     missing file has an empty tail.
     """
     try:
@@ -95,11 +96,11 @@ def read_tail(
 @define(eq=False)
 class LogFollower:
     """
-    Polls a log file with ``clock`` and hands out the lines appended to it.
+    Polls a log file with C{clock} and hands out the lines appended to it.
 
-    Starts at ``tail.offset`` (so the tail's unterminated line comes out once it
+    Starts at C{tail.offset} (so the tail's unterminated line comes out once it
     is complete).  When the file is replaced (rotation) or shrinks
-    (truncation), calls ``reset`` and reads the new content from its start; a
+    (truncation), calls C{reset} and reads the new content from its start; a
     missing file is waited for.  A file truncated and refilled past the old
     offset between two polls cannot be told from one that grew.
     """
@@ -114,13 +115,14 @@ class LogFollower:
     _offset: int = field(init=False, default=0)
     _identity: FileIdentity | None = field(init=False, default=None)
     _splitter: LineSplitter = field(init=False, factory=LineSplitter)
-    _call: IDelayedCall | None = field(init=False, default=None)
+    _poller: Timer = field(init=False)
     _paused: bool = field(init=False, default=False)
     _stopped: bool = field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
         self._offset = self.tail.offset
         self._identity = self.tail.identity
+        self._poller = Timer(self.clock)
 
     def start(self) -> None:
         """Begin polling."""
@@ -129,7 +131,7 @@ class LogFollower:
     def pause(self) -> None:
         """Read nothing until L{resume} (the client is not keeping up)."""
         self._paused = True
-        self._cancel()
+        self._poller.cancel()
 
     def resume(self) -> None:
         """Go on after L{pause}."""
@@ -140,16 +142,11 @@ class LogFollower:
     def stop(self) -> None:
         """Stop for good: the client left."""
         self._stopped = True
-        self._cancel()
-
-    def _cancel(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        self._poller.cancel()
 
     def _schedule(self, delay: float) -> None:
         if not (self._paused or self._stopped):
-            self._call = self.clock.callLater(delay, self._poll)
+            self._poller.arm(delay, self._poll)
 
     def _restart_from_beginning(self, identity: FileIdentity) -> None:
         self._identity = identity
@@ -157,7 +154,6 @@ class LogFollower:
         self._splitter = LineSplitter()
 
     def _poll(self) -> None:
-        self._call = None
         more = False
         try:
             more = self._read()

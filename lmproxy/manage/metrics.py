@@ -1,9 +1,9 @@
 """
-Prometheus metrics for ``GET /metrics``, made with prometheus_client.
+Prometheus metrics for C{GET /metrics}, made with prometheus_client.
 
-Gauges and counters are read from ``IBackends.snapshot()`` at scrape time, so
-they always agree with ``/status``; the start duration histogram is fed by
-``IStatusObserver.start_finished``, the one figure a snapshot cannot give.  The
+Gauges and counters are read from C{IBackends.snapshot()} at scrape time, so
+they always agree with C{/status}; the start duration histogram is fed by
+C{IStatusObserver.start_finished}, the one figure a snapshot cannot give.  The
 registry belongs to L{Metrics}, never the process-wide default one, so several
 apps (and tests) never share or clash over series.
 """
@@ -105,7 +105,7 @@ class _SnapshotCollector(Collector):
 
 @implementer(IStatusObserver)
 class Metrics:
-    """lmproxy's metrics registry; subscribes to ``backends`` for start durations."""
+    """lmproxy's metrics registry; subscribes to C{backends} for start durations."""
 
     content_type = CONTENT_TYPE_LATEST
 

@@ -1,7 +1,7 @@
 """
 Turn a L{Snapshot} into the JSON objects of the management API.
 
-``/status`` and the ``/events`` stream both use these functions, so a service or
+C{/status} and the C{/events} stream both use these functions, so a service or
 resource object is the same wherever a client sees it.  Pure: no I/O, no clock.
 """
 
@@ -23,7 +23,7 @@ JSONObject = dict[str, Any]
 def rfc3339(seconds: float | None) -> str | None:
     """
     POSIX seconds as RFC 3339 in UTC with milliseconds and an explicit offset
-    (``2026-11-26T21:04:06.123+00:00``), or None.
+    (C{2026-11-26T21:04:06.123+00:00}), or None.
     """
     if seconds is None:
         return None
@@ -31,7 +31,7 @@ def rfc3339(seconds: float | None) -> str | None:
 
 
 def service_json(service: ServiceStatus) -> JSONObject:
-    """One service as ``/status`` lists it, with the new and the older field names."""
+    """One service as C{/status} lists it, with the new and the older field names."""
     return {
         "name": service.name,
         "listen_port": "" if service.listen_port is None else str(service.listen_port),
@@ -53,7 +53,7 @@ def service_json(service: ServiceStatus) -> JSONObject:
 
 
 def resource_json(resource: ResourceStatus) -> JSONObject:
-    """One resource as ``/status`` maps it; ``measured`` is null for static resources."""
+    """One resource as C{/status} maps it; C{measured} is null for static resources."""
     return {
         "name": resource.name,
         "total": resource.total,
@@ -66,7 +66,7 @@ def resource_json(resource: ResourceStatus) -> JSONObject:
 
 
 def status_json(snapshot: Snapshot) -> JSONObject:
-    """The whole ``/status`` document."""
+    """The whole C{/status} document."""
     services = [service_json(s) for s in snapshot.services]
     return {
         "started_at": rfc3339(snapshot.started_at),

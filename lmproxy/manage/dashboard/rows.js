@@ -1,0 +1,195 @@
+// One row of the services table (a <tbody> of its own, with the log panel's
+// row under it): built once per service, then updated in place.
+
+import { el, setText, swatch } from "./dom.js";
+import { ago, formatAmount, plural, safeUrl } from "./format.js";
+import { KeyedList } from "./keyed.js";
+import { LogPanel } from "./logs.js";
+import { actionButtons, stateLabel } from "./states.js";
+
+// "3 proxied": a count of connections, dimmed when zero.
+function counter(kind, title) {
+  const number = el("b");
+  const node = el("span", { class: `count ${kind}`, title }, number, ` ${kind}`);
+  return {
+    node,
+    show(n) {
+      node.classList.toggle("zero", !n);
+      setText(number, formatAmount(n));
+    },
+  };
+}
+
+// "VRAM 2,000": what a service needs of a resource.
+function chip(resource) {
+  const amount = el("b");
+  return { node: el("span", { class: "chip" }, `${resource} `, amount), amount };
+}
+
+export class ServiceRow {
+  /**
+   * @param {string} name the service.
+   * @param {object} page
+   * @param {(name: string, action: string) => void} page.act runs start or stop.
+   * @param {() => number} page.now the clock (ms).
+   */
+  constructor(name, { act, now }) {
+    this.name = name;
+    this.now = now;
+    this.service = null;
+    this.busy = null;
+    this.logs = null;
+    this.renderedUrl = undefined;
+    this.nameCell = el("td", { class: "name-cell" });
+    this.statePill = el("span", { class: "state" });
+    this.port = el("span");
+    this.proxied = counter("proxied", "Clients being proxied");
+    this.waiting = counter("waiting", "Clients waiting for it to run");
+    this.lastUsed = el("time", { class: "last-used" });
+    const needsCell = el("td", { class: "needs" });
+    this.needs = new KeyedList(needsCell, {
+      create: (resource) => chip(resource),
+      update: (item, amount) => setText(item.amount, formatAmount(amount)),
+    });
+    const button = (cls, text, verb, onclick) =>
+      el("button", { type: "button", class: cls, "aria-label": `${verb} ${name}`, onclick }, text);
+    this.startButton = button("button start", "Start", "Start", () => act(name, "start"));
+    this.stopButton = button("button stop", "Stop", "Stop", () => act(name, "stop"));
+    this.logsButton = button("button ghost logs", "Logs", "Show the log of", () =>
+      this.toggleLogs(),
+    );
+    this.logsButton.setAttribute("aria-expanded", "false");
+    this.logCell = el("td", { colspan: "7" });
+    this.logRow = el("tr", { class: "log-row" }, this.logCell);
+    this.logRow.hidden = true;
+    this.node = el(
+      "tbody",
+      { class: "service" },
+      el(
+        "tr",
+        { class: "main-row" },
+        this.nameCell,
+        el("td", {}, this.statePill),
+        el("td", { class: "port" }, this.port),
+        el("td", { class: "connections" }, this.proxied.node, this.waiting.node),
+        el("td", {}, this.lastUsed),
+        needsCell,
+        el("td", { class: "actions" }, this.startButton, this.stopButton, this.logsButton),
+      ),
+      this.logRow,
+    );
+  }
+
+  /**
+   * Show a service object of /status.
+   * @param {object} service
+   * @param {string} color the service's colour.
+   */
+  update(service, color) {
+    this.service = service;
+    this.node.dataset.state = service.status;
+    this.renderName(service, color);
+    this.statePill.dataset.state = service.status;
+    setText(this.statePill, stateLabel(service.status));
+    if (service.listen_port) {
+      this.port.className = "mono";
+      setText(this.port, service.listen_port);
+    } else {
+      this.port.className = "muted";
+      setText(this.port, service.openai_models?.length ? "OpenAI only" : "—");
+    }
+    this.proxied.show(service.proxied_connections);
+    this.waiting.show(service.waiting_connections);
+    this.needs.render(Object.entries(service.resource_requirements || {}));
+    this.tick();
+    this.renderButtons();
+  }
+
+  renderName(service, color) {
+    const url = safeUrl(service.service_url, window.location.href);
+    if (url !== this.renderedUrl) {
+      this.renderedUrl = url;
+      const text = el("span", { class: "label", text: this.name });
+      const label = url
+        ? el(
+            "a",
+            {
+              class: "service-name",
+              href: url,
+              target: "_blank",
+              rel: "noopener noreferrer",
+              title: `Open ${url} in a new tab`,
+            },
+            text,
+            el("span", { class: "ext", text: " ↗" }),
+          )
+        : el("span", { class: "service-name" }, text);
+      this.swatch = swatch(color);
+      this.details = el("div", { class: "details" });
+      const line = el("div", { class: "name-line" }, this.swatch, label);
+      this.nameCell.replaceChildren(line, this.details);
+    }
+    this.swatch.style.backgroundColor = color;
+    const parts = [];
+    const models = (service.openai_models || []).filter((m) => m !== service.name);
+    if (models.length) parts.push(`models: ${models.join(", ")}`);
+    if (service.pid) parts.push(`pid ${service.pid}`);
+    if (service.failed_starts) parts.push(plural(service.failed_starts, "failed start"));
+    setText(this.details, parts.join(" · "));
+  }
+
+  /** Show the age of the last use again (called every second). */
+  tick() {
+    const iso = this.service?.last_used;
+    setText(this.lastUsed, ago(iso, this.now()));
+    if (iso) {
+      this.lastUsed.dateTime = iso;
+      this.lastUsed.title = new Date(iso).toLocaleString();
+    } else {
+      this.lastUsed.removeAttribute("datetime");
+      this.lastUsed.removeAttribute("title");
+    }
+  }
+
+  /**
+   * Show that the page waits for an action, or no longer does.
+   * @param {"start" | "stop" | null} action
+   */
+  setBusy(action) {
+    this.busy = action;
+    this.renderButtons();
+  }
+
+  renderButtons() {
+    const look = actionButtons(this.service?.status, this.busy);
+    for (const [button, { hidden, disabled, text }] of [
+      [this.startButton, look.start],
+      [this.stopButton, look.stop],
+    ]) {
+      button.hidden = hidden;
+      button.disabled = disabled;
+      setText(button, text);
+    }
+  }
+
+  toggleLogs() {
+    const open = this.logs === null;
+    if (open) {
+      this.logs = new LogPanel(this.name);
+      this.logCell.replaceChildren(this.logs.node);
+      this.logs.open();
+    } else {
+      this.logs.close();
+      this.logs = null;
+      this.logCell.replaceChildren();
+    }
+    this.logRow.hidden = !open;
+    this.logsButton.setAttribute("aria-expanded", String(open));
+    this.logsButton.classList.toggle("active", open);
+  }
+
+  /** The service left the config: stop following its log. */
+  destroy() {
+    if (this.logs) this.logs.close();
+  }
+}

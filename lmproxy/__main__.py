@@ -1,4 +1,4 @@
-"""``python -m lmproxy -c config.jsonc``: the same as the ``lmproxy`` script."""
+"""C{python -m lmproxy -c config.jsonc}: the same as the C{lmproxy} script."""
 
 from lmproxy.cli import main
 

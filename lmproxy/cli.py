@@ -1,6 +1,6 @@
 """
-The ``lmproxy`` console script: ``lmproxy -c config.jsonc`` runs
-``twistd --nodaemon --pidfile= lmproxy -c config.jsonc`` for users who expect
+The C{lmproxy} console script: C{lmproxy -c config.jsonc} runs
+C{twistd --nodaemon --pidfile= lmproxy -c config.jsonc} for users who expect
 one command.
 """
 

@@ -2,8 +2,8 @@
 The contract between the listeners (TCP forwarders, OpenAI API, management API)
 and the supervisor that owns every model service.
 
-Listeners never start, stop or signal processes: they ask an ``IBackends`` for a
-running backend and report, through the ``ILease`` they get, when they are done
+Listeners never start, stop or signal processes: they ask an C{IBackends} for a
+running backend and report, through the C{ILease} they get, when they are done
 with it.  The supervisor never touches a client socket.
 
 This module imports nothing from lmproxy, so every layer can depend on it.
@@ -21,7 +21,7 @@ from zope.interface import Attribute, Interface
 
 class ServiceState(StrEnum):
     """
-    The states of a service, in the order of its life, as ``/status``, the
+    The states of a service, in the order of its life, as C{/status}, the
     metrics and the dashboard name them.
     """
 
@@ -40,7 +40,7 @@ class ServiceUnavailable(Exception):
     """
     A client cannot be given a backend: the start failed, the wait for
     resources timed out, the connection to a running backend failed, or lmproxy
-    is shutting down.  ``str(exc)`` is a message fit to show a client.
+    is shutting down.  C{str(exc)} is a message fit to show a client.
     """
 
 
@@ -72,7 +72,7 @@ class ILease(Interface):
 
     def reconnect() -> Deferred[ILease]:
         """
-        Connecting to ``host:port`` failed.  Releases this lease.  If the run
+        Connecting to C{host:port} failed.  Releases this lease.  If the run
         it belongs to is over already (its process exited, or another client
         restarted it), fire with a lease of the current run, starting one if
         needed.  Otherwise, with RestartOnConnectionFailure, restart the
@@ -92,10 +92,10 @@ class IStatusObserver(Interface):
         """
 
     def start_finished(service: str, seconds: float, succeeded: bool) -> None:
-        """A start attempt of ``service`` ended after ``seconds``."""
+        """A start attempt of C{service} ended after C{seconds}."""
 
     def service_evicted(service: str) -> None:
-        """``service`` was stopped to free resources for another one."""
+        """C{service} was stopped to free resources for another one."""
 
 
 class IBackends(Interface):
@@ -103,7 +103,7 @@ class IBackends(Interface):
 
     def acquire(service: str) -> Deferred[ILease]:
         """
-        Get a running backend of ``service``, starting it (and evicting idle
+        Get a running backend of C{service}, starting it (and evicting idle
         services) if needed.  Until the Deferred fires, the caller counts as a
         waiting connection; cancelling the Deferred (the client left) drops it
         at once and never cancels a start that other clients share.
@@ -113,14 +113,14 @@ class IBackends(Interface):
 
     def start(service: str) -> Deferred[None]:
         """
-        Management action: start ``service`` as a client would, firing once it
+        Management action: start C{service} as a client would, firing once it
         is running (or failing with L{ServiceUnavailable}).  Holds no lease.
         """
 
     def stop(service: str, force: bool) -> Deferred[None]:
         """
-        Management action: stop ``service``, firing once it is stopped.  Fails
-        with L{ServiceBusy} when it has proxied connections and not ``force``.
+        Management action: stop C{service}, firing once it is stopped.  Fails
+        with L{ServiceBusy} when it has proxied connections and not C{force}.
         """
 
     def snapshot() -> Snapshot:
@@ -133,7 +133,7 @@ class IBackends(Interface):
         """The state of one resource now; raises C{KeyError} for an unknown one."""
 
     def subscribe(observer: IStatusObserver) -> Callable[[], None]:
-        """Tell ``observer`` about changes; call the result to unsubscribe."""
+        """Tell C{observer} about changes; call the result to unsubscribe."""
 
 
 @frozen

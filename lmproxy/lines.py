@@ -1,6 +1,6 @@
 """
-Split bytes into lines as model servers write them: a line ends at ``\\n``,
-``\\r\\n`` or a lone ``\\r`` (progress bars redraw with it).  The echo of a
+Split bytes into lines as model servers write them: a line ends at C{\\n},
+C{\\r\\n} or a lone C{\\r} (progress bars redraw with it).  The echo of a
 service's output into lmproxy's log and the log tails of the management API
 both split here; lines are decoded as UTF-8, bad bytes replaced.
 """
@@ -26,8 +26,8 @@ def decode(line: bytes) -> str:
 
 def split_lines(data: bytes) -> tuple[list[bytes], bytes]:
     """
-    Split ``data`` into complete lines and the unterminated rest.  A ``\\r`` at
-    the very end stays in the rest: it may be the first half of ``\\r\\n``.
+    Split C{data} into complete lines and the unterminated rest.  A C{\\r} at
+    the very end stays in the rest: it may be the first half of C{\\r\\n}.
     """
     lines = []
     start = 0
@@ -50,7 +50,7 @@ class LineSplitter:
         self._pending = b""
 
     def feed(self, data: bytes) -> list[str]:
-        """The lines that ``data`` completes."""
+        """The lines that C{data} completes."""
         lines, self._pending = split_lines(self._pending + data)
         if len(self._pending) > self._max:
             lines.append(self._pending.rstrip(b"\r"))

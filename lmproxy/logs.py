@@ -1,7 +1,7 @@
 """
-lmproxy's log level (the config's ``LogLevel``).  lmproxy's loggers emit
-through ``log_observer``, which drops their debug events unless the level is
-``Debug``; everything else reaches Twisted's global log publisher (and so
+lmproxy's log level (the config's C{LogLevel}).  lmproxy's loggers emit
+through C{log_observer}, which drops their debug events unless the level is
+C{Debug}; everything else reaches Twisted's global log publisher (and so
 twistd's log) unchanged.
 """
 
@@ -17,9 +17,9 @@ from twisted.logger import (
 _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 
 log_observer = FilteringLogObserver(globalLogPublisher, [_predicate])
-"""Pass as ``Logger(observer=log_observer)`` in lmproxy's modules."""
+"""Pass as C{Logger(observer=log_observer)} in lmproxy's modules."""
 
 
 def set_log_level(level: str) -> None:
-    """``"Debug"`` shows lmproxy's debug events; anything else hides them."""
+    """C{"Debug"} shows lmproxy's debug events; anything else hides them."""
     _predicate.setLogLevelForNamespace("", LogLevel.debug if level == "Debug" else LogLevel.info)

@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 class Timer:
     """
-    At most one pending call on ``clock``.  L{arm} replaces what was pending;
+    At most one pending call on C{clock}.  L{arm} replaces what was pending;
     L{cancel} is harmless when nothing is.
     """
 
@@ -28,7 +28,7 @@ class Timer:
         return self._call is not None
 
     def arm(self, delay: float, f: Callable[..., Any], *args: Any) -> None:
-        """Call ``f(*args)`` in ``delay`` seconds, instead of what was pending."""
+        """Call C{f(*args)} in C{delay} seconds, instead of what was pending."""
         self.cancel()
         self._call = self._clock.callLater(delay, self._fire, f, args)
 

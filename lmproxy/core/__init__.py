@@ -4,5 +4,5 @@ planning, one lifecycle per service, measured resources, the supervisor that
 schedules them, and the processes they run (readiness checks, the watchdog).
 
 This package imports nothing at import time: the watchdog child runs as
-``python -m lmproxy.core.reaper`` on the standard library alone.
+C{python -m lmproxy.core.reaper} on the standard library alone.
 """

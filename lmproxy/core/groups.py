@@ -113,7 +113,7 @@ class ProcessGroup:
         return True
 
     async def wait_gone(self, seconds: float) -> bool:
-        """Wait up to ``seconds`` for every member of the group to exit."""
+        """Wait up to C{seconds} for every member of the group to exit."""
         deadline = self._reactor.seconds() + seconds
         while self.alive():
             remaining = deadline - self._reactor.seconds()
@@ -126,7 +126,7 @@ class ProcessGroup:
         return True
 
     async def terminate(self, grace: float) -> None:
-        """SIGTERM the group, then SIGKILL whatever is left after ``grace`` seconds."""
+        """SIGTERM the group, then SIGKILL whatever is left after C{grace} seconds."""
         if self.signal(signal.SIGTERM) and not await self.wait_gone(grace):
             self.signal(signal.SIGKILL)
             await self.wait_gone(KILL_WAIT_SECONDS)

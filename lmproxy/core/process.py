@@ -34,7 +34,7 @@ class StartError(Exception):
 
 
 def split_args(args: str) -> list[str]:
-    """Split ``Args`` like a POSIX shell splits words, without expansion."""
+    """Split C{Args} like a POSIX shell splits words, without expansion."""
     try:
         return shlex.split(args, posix=True)
     except ValueError as e:
@@ -42,7 +42,7 @@ def split_args(args: str) -> list[str]:
 
 
 def resolve_command(command: str, work_dir: str | None) -> str:
-    """Find the executable the way execvp would, relative to ``work_dir``."""
+    """Find the executable the way execvp would, relative to C{work_dir}."""
     if "/" in command:
         path = os.path.join(work_dir or os.getcwd(), command)
         if os.access(path, os.X_OK) and not os.path.isdir(path):
@@ -70,10 +70,10 @@ class _ServiceProtocol(ProcessProtocol):
 
 class ServiceProcess:
     """
-    One run of a service's ``Command Args``: in ``WorkDir``, in a session of
+    One run of a service's C{Command Args}: in C{WorkDir}, in a session of
     its own, with lmproxy's environment, stdin from /dev/null, stdout and
-    stderr appended to the log file and, when ``output_logs``, echoed as
-    ``[name/stdout] line`` into lmproxy's log.
+    stderr appended to the log file and, when C{output_logs}, echoed as
+    C{[name/stdout] line} into lmproxy's log.
     """
 
     log = Logger(observer=log_observer)

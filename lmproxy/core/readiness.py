@@ -62,7 +62,7 @@ class Wakeup:
 
 
 async def resolve_host(reactor: ReadinessReactor, host: str) -> str:
-    """An IP address for ``host``, resolved once per start, not per connection."""
+    """An IP address for C{host}, resolved once per start, not per connection."""
     if abstract.isIPAddress(host) or abstract.isIPv6Address(host):
         return host
     return await reactor.resolve(host)
@@ -74,7 +74,7 @@ class _ProbeFactory(Factory):
 
 
 async def probe_port(reactor: ReadinessReactor, host: str, port: int, timeout: float) -> None:
-    """Connect to ``host:port`` and hang up; raises ConnectError when refused."""
+    """Connect to C{host:port} and hang up; raises ConnectError when refused."""
     endpoint_class = TCP6ClientEndpoint if abstract.isIPv6Address(host) else TCP4ClientEndpoint
     endpoint = endpoint_class(reactor, host, port, timeout=timeout)
     protocol = await endpoint.connect(_ProbeFactory())

@@ -2,8 +2,8 @@
 The resource ledger: who holds how much of each resource, what is free, and
 which idle services to stop to make room.  Pure: no reactor, no I/O.
 
-A resource is either *static* (its ``Amount`` is the whole supply and lmproxy
-does the accounting) or *measured* (a ``CheckCommand`` reports what is free
+A resource is either *static* (its C{Amount} is the whole supply and lmproxy
+does the accounting) or *measured* (a C{CheckCommand} reports what is free
 right now; lmproxy subtracts only what starting services have reserved, since
 running ones already show up in the measurement).
 """
@@ -40,17 +40,17 @@ class Ledger:
         return self.resources[resource].check_command is not None
 
     def hold(self, service: str, amounts: Mapping[str, int]) -> None:
-        """Reserve ``amounts`` for ``service``, which is about to start."""
+        """Reserve C{amounts} for C{service}, which is about to start."""
         self._holdings[service] = _Holding(dict(amounts), starting=True)
 
     def mark_running(self, service: str) -> None:
-        """``service`` finished starting: its reservation becomes use."""
+        """C{service} finished starting: its reservation becomes use."""
         holding = self._holdings.get(service)
         if holding is not None:
             holding.starting = False
 
     def release(self, service: str) -> None:
-        """``service`` is gone: it holds nothing any more."""
+        """C{service} is gone: it holds nothing any more."""
         self._holdings.pop(service, None)
 
     def holding(self, service: str) -> Mapping[str, int]:
@@ -119,8 +119,8 @@ class Ledger:
         self, requirements: Mapping[str, int], resources: Iterable[str]
     ) -> dict[str, int]:
         """
-        How much of each of ``resources`` is missing to satisfy
-        ``requirements``; a measured resource without a value is missing whole.
+        How much of each of C{resources} is missing to satisfy
+        C{requirements}; a measured resource without a value is missing whole.
         """
         missing = {}
         for resource in resources:
@@ -140,9 +140,9 @@ def plan_eviction(
 ) -> list[str] | None:
     """
     Choose idle services to stop so that together they free at least
-    ``missing[r]`` of every resource ``r``.
+    C{missing[r]} of every resource C{r}.
 
-    ``candidates`` are (service, amounts it holds), least recently used first.
+    C{candidates} are (service, amounts it holds), least recently used first.
     Services are taken in that order, only when they free something still
     missing; then any taken service that turns out not to be needed is put back,
     most recently used first.  Returns the victims, least recently used first,

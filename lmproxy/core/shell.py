@@ -63,8 +63,8 @@ async def run_shell(
     signal_group: GroupSignaller = os.killpg,
 ) -> ShellResult:
     """
-    Run ``sh -c command`` in its own session, killing its whole group if it
-    outlives ``timeout`` seconds or if the caller cancels.  A command that
+    Run C{sh -c command} in its own session, killing its whole group if it
+    outlives C{timeout} seconds or if the caller cancels.  A command that
     cannot be spawned (no process or file descriptor left) ends like one that
     failed: no exit code, and the reason as its output.
     """

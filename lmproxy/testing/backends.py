@@ -1,8 +1,8 @@
 """
 Fake backends: an in-memory L{IBackends} whose services start only when the
 test says so, for testing the listeners and the management API without a
-supervisor.  L{lmproxy.testing.contract} checks that it keeps the promises
-of the real one.
+supervisor.  The contract suite in C{tests/test_backends_contract.py} runs
+against it and against the supervisor, so it keeps the real one's promises.
 """
 
 from __future__ import annotations
@@ -69,11 +69,11 @@ class FakeLease:
 @define(eq=False)
 class FakeBackends:
     """
-    An ``IBackends`` whose services start only when the test says so.
+    An C{IBackends} whose services start only when the test says so.
 
-    ``acquire`` of a running service fires at once; otherwise the Deferred
-    waits in ``pending[name]`` until the test calls L{finish_start} or
-    L{fail_start}.  ``backend_addresses`` maps a service to the (host, port)
+    C{acquire} of a running service fires at once; otherwise the Deferred
+    waits in C{pending[name]} until the test calls L{finish_start} or
+    L{fail_start}.  C{backend_addresses} maps a service to the (host, port)
     its leases carry.  Observers are told of each change at once.
     """
 
@@ -97,14 +97,14 @@ class FakeBackends:
             )
 
     def service_config(self, service: str) -> ServiceConfig:
-        """The config of ``service``; raises L{UnknownService}."""
+        """The config of C{service}; raises L{UnknownService}."""
         for config in self.config.services:
             if config.name == service:
                 return config
         raise UnknownService(service)
 
     def resource_config(self, resource: str) -> ResourceConfig:
-        """The config of ``resource``; raises C{KeyError}."""
+        """The config of C{resource}; raises C{KeyError}."""
         for config in self.config.resources:
             if config.name == resource:
                 return config
@@ -135,7 +135,7 @@ class FakeBackends:
         return d
 
     def finish_start(self, service: str) -> None:
-        """The start of ``service`` succeeded: serve everyone waiting."""
+        """The start of C{service} succeeded: serve everyone waiting."""
         self.states[service] = ServiceState.RUNNING
         waiters, self.pending[service] = self.pending[service], []
         for d in waiters:
@@ -143,7 +143,7 @@ class FakeBackends:
         self.changed([service])
 
     def fail_start(self, service: str, message: str = "start failed") -> None:
-        """The start of ``service`` failed: fail everyone waiting."""
+        """The start of C{service} failed: fail everyone waiting."""
         self.states[service] = ServiceState.STOPPED
         waiters, self.pending[service] = self.pending[service], []
         for d in waiters:
@@ -223,7 +223,7 @@ class FakeBackends:
 
     def changed(self, services: Iterable[str] | None = None) -> None:
         """
-        Tell every observer that ``services`` (default: all of them) and the
+        Tell every observer that C{services} (default: all of them) and the
         resources they need changed.
         """
         configs = [s for s in self.config.services if services is None or s.name in set(services)]
@@ -235,7 +235,7 @@ class FakeBackends:
             observer.status_changed(change)
 
     def set_state(self, service: str, state: ServiceState) -> None:
-        """Put ``service`` in ``state`` and tell the observers."""
+        """Put C{service} in C{state} and tell the observers."""
         self.states[service] = state
         self.changed([service])
 
@@ -243,8 +243,8 @@ class FakeBackends:
 @define(eq=False)
 class ScriptedBackends(FakeBackends):
     """
-    L{FakeBackends} whose statuses the test can amend: ``service_changes[name]``
-    and ``resource_changes[name]`` are fields to replace (last_used, counters...).
+    L{FakeBackends} whose statuses the test can amend: C{service_changes[name]}
+    and C{resource_changes[name]} are fields to replace (last_used, counters...).
     """
 
     service_changes: dict[str, dict[str, Any]] = field(factory=dict)

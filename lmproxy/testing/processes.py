@@ -59,11 +59,11 @@ class FakeProcess:
         return self.args[1:]
 
     def output(self, data: bytes, fd: int = 1) -> None:
-        """The process writes ``data`` to stdout (or ``fd``)."""
+        """The process writes C{data} to stdout (or C{fd})."""
         self.protocol.childDataReceived(fd, data)
 
     def exit(self, code: int | None = 0, signal: int | None = None, group_too: bool = True) -> None:
-        """The process exits (and, with ``group_too``, every member of its group)."""
+        """The process exits (and, with C{group_too}, every member of its group)."""
         assert not self.exited, "exited twice"
         self.exited = True
         if group_too:
@@ -118,10 +118,10 @@ class _FakeProcessTransport:
 @implementer(IReactorProcess)
 class MemoryProcessReactor(MemoryReactorClock):
     """
-    A ``MemoryReactorClock`` that also spawns fake processes and fakes
-    ``os.killpg`` (pass L{signal_group} as the supervisor's signaller).
+    A C{MemoryReactorClock} that also spawns fake processes and fakes
+    C{os.killpg} (pass L{signal_group} as the supervisor's signaller).
 
-    ``on_signal`` decides what a signal does; by default SIGTERM and SIGKILL
+    C{on_signal} decides what a signal does; by default SIGTERM and SIGKILL
     end the process and its group at once.
     """
 
@@ -161,7 +161,7 @@ class MemoryProcessReactor(MemoryReactorClock):
         return process.transport
 
     def signal_group(self, pgid: int, signum: int) -> None:
-        """Stands in for ``os.killpg``."""
+        """Stands in for C{os.killpg}."""
         process = self._group(pgid)
         if process is None or not process.group_alive:
             raise ProcessLookupError(pgid)
@@ -177,7 +177,7 @@ class MemoryProcessReactor(MemoryReactorClock):
         return None
 
     def live_processes(self, program: str | None = None) -> list[FakeProcess]:
-        """Processes that have not exited, optionally only those running ``program``."""
+        """Processes that have not exited, optionally only those running C{program}."""
         return [
             p for p in self.processes if not p.exited and (program is None or program in p.command)
         ]
@@ -197,7 +197,7 @@ class MemoryProcessReactor(MemoryReactorClock):
     def pending_probes(self) -> list[tuple[str, int, ClientFactory]]:
         """
         Outgoing TCP connections nobody has answered yet and their caller has
-        not given up on (``stopConnecting``, e.g. a cancelled connect), oldest first.
+        not given up on (C{stopConnecting}, e.g. a cancelled connect), oldest first.
         """
         pending = []
         for host, port, factory, _, _ in self.tcpClients:
@@ -217,7 +217,7 @@ class MemoryProcessReactor(MemoryReactorClock):
         return len(pending)
 
     def accept_connection(self, port: int) -> StringTransport:
-        """Accept the oldest pending outgoing connection to ``port``."""
+        """Accept the oldest pending outgoing connection to C{port}."""
         for _, p, factory in self.pending_probes():
             if p == port:
                 self._answered.add(factory)

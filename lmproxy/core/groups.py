@@ -9,7 +9,6 @@ while the group has members).
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, race
@@ -18,12 +17,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
+# The watchdog child's own type: it may not import Twisted, the core may import it.
+from lmproxy.core.reaper import GroupSignaller
+
 STOP_GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL after this long
 KILL_WAIT_SECONDS = 5.0  # after SIGKILL, how long to wait for the group to vanish
 GROUP_POLL_SECONDS = 0.05  # how often to look for group members left behind by the leader
-
-GroupSignaller = Callable[[int, int], None]
-"""Send a signal to a process group: C{os.killpg}, or a fake in tests."""
 
 
 class GroupRegistry(Protocol):

@@ -1,46 +1,42 @@
 """
-The composition root: ``twistd lmproxy`` options and ``makeService``, which
-builds one ``MultiService`` holding the supervisor, a listener per service
-and the optional OpenAI and management APIs.
+The composition root: C{twistd lmproxy}'s options and C{makeService}, which
+builds one C{MultiService} holding the watchdog, the supervisor, the signal
+handlers, a listener per service and the optional OpenAI and management APIs.
 
 The only module that imports the global reactor.  Start-up time matters
-(clients connect right after launch), so every listener is opened first and
-the HTTP APIs' heavier imports (Klein, prometheus_client) happen on the
-reactor's first turn, behind a factory that builds its site on first use.
+(clients connect right after launch), so every port is bound and listening
+before anything else is built, and the HTTP APIs' heavier imports (twisted.web,
+Klein, prometheus_client) happen on the reactor's first turn, behind a factory
+that builds its site on first use.
 """
 
 from __future__ import annotations
 
 import os
-import signal
+import socket
 import sys
-from collections.abc import Callable
-from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import Factory, Protocol, ServerFactory
-from twisted.logger import Logger
+from twisted.application.service import IService, MultiService
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.python import usage
-from twisted.web.server import Site
 
 from lmproxy.config import Config, ConfigError, load_config
-from lmproxy.core.process import SETSID
+from lmproxy.core.shell import SETSID
 from lmproxy.core.supervisor import Supervisor
 from lmproxy.core.watchdog import Watchdog
+from lmproxy.listen.ports import AdoptedPort, LazySite, bind_ports
 from lmproxy.listen.tcp import ServiceProxyFactory
-from lmproxy.logs import log_observer, set_log_level
+from lmproxy.logs import set_log_level
+from lmproxy.shutdown import ShutdownSignals
 
-# Bursts of new clients (hundreds of concurrent requests) must not overflow the
-# accept queue: with Twisted's default of 50 they are dropped and retry after 1 s.
-LISTEN_BACKLOG = 1024
+if TYPE_CHECKING:
+    from twisted.web.server import Site
 
 
 class Options(usage.Options):
-    """Command line of ``twistd lmproxy`` and of the ``lmproxy`` script."""
+    """Command line of C{twistd lmproxy} and of the C{lmproxy} script."""
 
     synopsis = "[-c CONFIG]"
     longdesc = (
@@ -50,109 +46,64 @@ class Options(usage.Options):
     optParameters = [["config", "c", None, "Path of the config file (JSON or JSONC)."]]
 
     def postOptions(self) -> None:
+        """Load the config; a config that cannot be used ends lmproxy with its problems."""
         try:
             self.loaded: Config = load_config(self["config"], os.getcwd())
         except ConfigError as e:
-            sys.stderr.write("lmproxy: the config cannot be used:\n")
-            for problem in e.problems:
-                sys.stderr.write(f"  {problem}\n")
-            sys.stderr.flush()
-            raise SystemExit(1) from None
+            _exit("the config cannot be used:", e.problems)
 
 
-class LazySite(ServerFactory):
-    """
-    Serves a ``Site`` that is built on first use, so that opening the port
-    does not wait for the imports the site needs.
-    """
-
-    noisy = False  # the port's own "starting on" line says it
-
-    def __init__(self, build: Callable[[], Site]) -> None:
-        self._build = build
-        self._site: Site | None = None
-
-    def site(self) -> Site:
-        if self._site is None:
-            self._site = self._build()
-            self._site.noisy = False
-            self._site.doStart()
-        return self._site
-
-    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
-        return self.site().buildProtocol(addr)
-
-    def stopFactory(self) -> None:
-        if self._site is not None:
-            self._site.doStop()
+def _exit(what: str, problems: list[str]) -> NoReturn:
+    """End lmproxy before it runs: say what is wrong, one problem a line, no traceback."""
+    sys.stderr.write(f"lmproxy: {what}\n")
+    for problem in problems:
+        sys.stderr.write(f"  {problem}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)
 
 
-class ShutdownSignals(Service):
-    """
-    How lmproxy ends on SIGINT/SIGTERM: the first one stops the reactor (which
-    stops every service, in parallel, before lmproxy exits 0, as
-    large-model-proxy does); a second one kills every service's process group
-    at once instead of waiting for graceful stops.
-
-    These handlers replace the reactor's own, which would make twistd re-raise
-    the signal at exit and log an error for a second signal.
-    """
-
-    log = Logger(observer=log_observer)
-
-    def __init__(self, supervisor: Supervisor, reactor: Any) -> None:
-        self._supervisor = supervisor
-        self._reactor = reactor
-        self._shutting_down = False
-
-    def startService(self) -> None:
-        super().startService()
-        # After the reactor has installed its handlers, which happens once it runs.
-        self._reactor.callWhenRunning(self._install)
-
-    def stopService(self) -> None:
-        super().stopService()
-        self._shutting_down = True
-
-    def _install(self) -> None:
-        signal.signal(signal.SIGINT, self._received)
-        signal.signal(signal.SIGTERM, self._received)
-
-    def _received(self, signum: int, frame: FrameType | None) -> None:
-        self._reactor.callFromThread(self._act, signal.Signals(signum).name)
-
-    def _act(self, name: str) -> None:
-        if not self._shutting_down:
-            self._shutting_down = True
-            self.log.info(
-                "{signal}: stopping every service, then exiting (send it again to kill them "
-                "at once)",
-                signal=name,
-            )
-            self._reactor.stop()
-        else:
-            self.log.warn("{signal} again: killing every service now", signal=name)
-            self._supervisor.kill_all()
-
-
-def _listen(parent: MultiService, reactor: Any, port: int, factory: Factory[Any]) -> None:
-    endpoint = TCP4ServerEndpoint(reactor, port, backlog=LISTEN_BACKLOG)
-    listener = StreamServerEndpointService(endpoint, factory)
-    # A port that cannot be opened stops lmproxy with a clear error.
-    listener._raiseSynchronously = True
-    listener.setServiceParent(parent)
+def _bind(config: Config) -> dict[int, socket.socket]:
+    """Every port of C{config}, listening; a port that cannot be opened ends lmproxy."""
+    wanted = [(s.listen_port, f"ListenPort of service {s.name!r}") for s in config.services]
+    wanted.append((config.openai_listen_port, "OpenAiApi.ListenPort"))
+    wanted.append((config.management_listen_port, "ManagementApi.ListenPort"))
+    owners = {port: key for port, key in wanted if port is not None}
+    try:
+        return bind_ports(owners)
+    except CannotListenError as e:
+        why = getattr(e.socketError, "strerror", None) or e.socketError
+        _exit("a port cannot be opened:", [f"port {e.port} ({owners[e.port]}): {why}"])
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
-    """Build lmproxy's service tree from parsed options."""
+    """
+    Build lmproxy's service tree from parsed options.
+
+    @param options: the parsed command line, with its loaded config.
+    @param reactor: the reactor to run on (default: the global one).
+    @raise SystemExit: a port of the config cannot be opened (the message on
+        standard error names it and the key that asks for it).
+    """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
     config = options.loaded
     set_log_level(config.log_level)
+    # First of all, so that clients can connect while the rest is built.
+    listening = _bind(config)
     top = MultiService()
-    # First child, so the last to stop: it must outlive every service process.
+
+    def listen(port: int, factory: IProtocolFactory) -> None:
+        AdoptedPort(reactor, listening[port], factory).setServiceParent(top)
+
+    # The watchdog's child ends the process groups the supervisor registers with
+    # it once its pipe closes, that is when lmproxy's process exits, however it
+    # exits: stopping the tree does not involve it (MultiService stops its
+    # children in reverse order without waiting for one before the next, so
+    # the order here guarantees nothing at stop).  After a clean stop twistd has
+    # waited for the supervisor's stopService, which fires once every process
+    # group is gone, so the child finds nothing left to end.
     watchdog = Watchdog(reactor, SETSID)
     watchdog.setServiceParent(top)
     supervisor = Supervisor(config, reactor, groups=watchdog)
@@ -160,18 +111,18 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     ShutdownSignals(supervisor, reactor).setServiceParent(top)
     for service in config.services:
         if service.listen_port is not None:
-            factory = ServiceProxyFactory(
-                supervisor, service.name, config.client_buffer_limit, reactor
-            )
-            _listen(top, reactor, service.listen_port, factory)
+            factory = ServiceProxyFactory(supervisor, service, config.client_buffer_limit, reactor)
+            listen(service.listen_port, factory)
     sites: list[LazySite] = []
     if config.openai_listen_port is not None:
         sites.append(LazySite(lambda: _openai_site(supervisor, config, reactor)))
-        _listen(top, reactor, config.openai_listen_port, sites[-1])
+        listen(config.openai_listen_port, sites[-1])
     if config.management_listen_port is not None:
         sites.append(LazySite(lambda: _management_site(supervisor, config, reactor)))
-        _listen(top, reactor, config.management_listen_port, sites[-1])
+        listen(config.management_listen_port, sites[-1])
     for site in sites:
+        # Built on the reactor's first turn: after every port listens, before
+        # the first client (usually) needs it.
         reactor.callWhenRunning(reactor.callLater, 0, site.site)
     return top
 
@@ -186,14 +137,8 @@ def _openai_site(supervisor: Supervisor, config: Config, reactor: Any) -> Site:
 
 
 def _management_site(supervisor: Supervisor, config: Config, reactor: Any) -> Site:
+    from lmproxy.listen.sites import UnloggedSite
     from lmproxy.manage.api import ManagementApi
 
     api = ManagementApi(supervisor, config, reactor)
-    return _UnloggedSite(api.app.resource())
-
-
-class _UnloggedSite(Site):
-    """The management site keeps no access log: dashboards poll it."""
-
-    def log(self, request: Any) -> None:
-        pass
+    return UnloggedSite(api.app.resource())

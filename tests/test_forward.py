@@ -1,6 +1,6 @@
 """
-Unit tests for the per-service TCP forwarder, with StringTransports, a
-memory reactor and fake backends: no sockets, no time.
+Unit tests for the per-service TCP forwarder (L{lmproxy.listen.tcp}), with
+C{StringTransport}s, a memory reactor and fake backends: no sockets, no time.
 """
 
 from __future__ import annotations
@@ -38,8 +38,12 @@ class ForwarderTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
-        self.backends = FakeBackends(_config())
-        self.factory = ServiceProxyFactory(self.backends, "llm", 10, self.reactor)
+        self.use_config(_config())
+
+    def use_config(self, config: Config) -> None:
+        """Serve the first service of C{config}, from fresh fake backends."""
+        self.backends = FakeBackends(config)
+        self.factory = ServiceProxyFactory(self.backends, config.services[0], 10, self.reactor)
 
     def connect_client(self) -> tuple[ServiceConnection, StringTransport]:
         protocol = self.factory.buildProtocol(CLIENT)
@@ -156,8 +160,7 @@ class ForwarderTests(SynchronousTestCase):
 
     def test_connection_failure_with_restart_connects_again(self) -> None:
         """With RestartOnConnectionFailure the client waits for the new run."""
-        self.backends = FakeBackends(_config(restart=True))
-        self.factory = ServiceProxyFactory(self.backends, "llm", 10, self.reactor)
+        self.use_config(_config(restart=True))
         self.backends.set_state("llm", ServiceState.RUNNING)
         protocol, client = self.connect_client()
         protocol.dataReceived(b"ping")
@@ -169,3 +172,25 @@ class ForwarderTests(SynchronousTestCase):
         backend = self.connect_backend()
         self.assertEqual(backend.value(), b"ping")
         self.assertEqual(self.proxied(), 1)
+
+    def test_connection_failure_after_reconnect_closes_client(self) -> None:
+        """A client reconnects at most once: a second failure closes it and releases its lease."""
+        self.use_config(_config(restart=True))
+        self.backends.set_state("llm", ServiceState.RUNNING)
+        _protocol, client = self.connect_client()
+        for _ in range(2):
+            _, _, factory, _, _ = self.reactor.tcpClients[-1]
+            factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        self.assertEqual(self.backends.reconnects, ["llm"])
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.assertTrue(client.disconnecting)
+        self.assertEqual((self.waiting(), self.proxied()), (0, 0))
+
+    def test_factory_is_a_port_forwarder_of_the_configured_target(self) -> None:
+        """
+        The factory is a C{ProxyFactory} of the service's configured target,
+        and its protocols connect through the factory's reactor.
+        """
+        self.assertEqual((self.factory.host, self.factory.port), ("localhost", 18081))
+        protocol, _client = self.connect_client()
+        self.assertIs(protocol.reactor, self.reactor)

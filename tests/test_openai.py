@@ -1,7 +1,8 @@
 """
 Tests for L{lmproxy.listen.openai} and L{lmproxy.listen.httpforward}: the OpenAI port.
 
-Most tests drive the app with C{StubTreq} and let it forward, through a
+Most tests drive the app's own site (L{OpenAiApi.site}) with L{SiteTreq}, a
+C{StubTreq} for a whole site, and let it forward, through a
 C{RequestTraversalAgent}, to L{FakeModelServer}, an in-memory twisted.web
 resource standing for every model server.  The tests that need the raw bytes
 on either side (flow control, keep-alive, chunked request bodies, exact
@@ -17,20 +18,26 @@ from typing import Any
 from urllib.parse import quote
 
 import treq
-from treq.testing import RequestTraversalAgent, StubTreq
+from treq.client import HTTPClient
+from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
+from twisted.test.iosim import FakeTransport, IOPump
+from twisted.test.iosim import connect as connect_pumped
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.client import URI, Agent, ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from lmproxy.config import Config, ServiceConfig
@@ -38,8 +45,9 @@ from lmproxy.interfaces import (
     ILease,
     ServiceState,
 )
-from lmproxy.listen.httpforward import backend_agent, end_to_end_headers
-from lmproxy.listen.openai import JSON_CONTENT_TYPE, OpenAiApi, multipart_field
+from lmproxy.listen.httpforward import BytesProducer, backend_agent, end_to_end_headers
+from lmproxy.listen.jsonerrors import JSON_CONTENT_TYPE
+from lmproxy.listen.openai import OpenAiApi, multipart_field
 from lmproxy.testing import FakeBackends
 
 STARTED_AT = 1_700_000_000
@@ -90,7 +98,7 @@ class RecordingBackends(FakeBackends):
         return super().acquire(service)
 
     def counts(self, service: str) -> tuple[int, int]:
-        """(waiting, proxied) connections of ``service``."""
+        """(waiting, proxied) connections of C{service}."""
         status = next(s for s in self.snapshot().services if s.name == service)
         return status.waiting_connections, status.proxied_connections
 
@@ -98,7 +106,7 @@ class RecordingBackends(FakeBackends):
 class FakeModelServer(Resource):
     """
     Every model server behind the proxy (they differ by the Host header the
-    agent sends).  Records each request; answers with ``handler``, by default
+    agent sends).  Records each request; answers with C{handler}, by default
     a JSON echo of what it received.
     """
 
@@ -153,6 +161,79 @@ class RefusingAgent:
         return self._agent.request(method, uri, headers, bodyProducer)
 
 
+@implementer(IAgentEndpointFactory)
+class _Loopback:
+    """Every URL's endpoint is 127.0.0.1 on its port, through a memory reactor."""
+
+    def __init__(self, reactor: MemoryReactorClock) -> None:
+        self._reactor = reactor
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        return TCP4ClientEndpoint(self._reactor, "127.0.0.1", uri.port)
+
+
+@implementer(IAgent)
+class SiteTraversalAgent:
+    """
+    treq's C{RequestTraversalAgent}, for a whole C{Site} rather than a
+    resource (that one serves its resource with a plain C{Site}): each request
+    is a real client connection to C{site}, over in-memory transports.
+    """
+
+    def __init__(self, site: Site) -> None:
+        self._site = site
+        self._reactor = MemoryReactorClock()
+        self._agent = Agent.usingEndpointFactory(self._reactor, _Loopback(self._reactor))
+        self._pumps: set[IOPump] = set()
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        connections = len(self._reactor.tcpClients)
+        response = self._agent.request(method, uri, headers, bodyProducer)
+        if len(self._reactor.tcpClients) == connections:
+            return response  # failed before connecting
+        _, port, factory, _, _ = self._reactor.tcpClients[-1]
+        server_address = IPv4Address("TCP", "127.0.0.1", port)
+        client_address = IPv4Address("TCP", "127.0.0.1", 31337)
+        server = self._site.buildProtocol(client_address)
+        client = factory.buildProtocol(server_address)
+        self._pumps.add(
+            connect_pumped(
+                server,
+                FakeTransport(server, True, server_address, client_address),
+                client,
+                FakeTransport(client, False, client_address, server_address),
+            )
+        )
+        return response
+
+    def flush(self) -> None:
+        """Move every pending byte between the clients and the site."""
+        pumps, self._pumps = self._pumps, set()
+        for pump in pumps:
+            pump.flush()
+            if not (pump.clientIO.disconnected and pump.serverIO.disconnected):
+                self._pumps.add(pump)
+
+
+class SiteTreq(HTTPClient):
+    """C{treq.testing.StubTreq}, for a whole site: see L{SiteTraversalAgent}."""
+
+    def __init__(self, site: Site) -> None:
+        self._site_agent = SiteTraversalAgent(site)
+        # Bodies are written at once (treq's default producer needs the global reactor).
+        super().__init__(self._site_agent, data_to_body_producer=BytesProducer)
+
+    def flush(self) -> None:
+        """Move every pending byte between the clients and the site."""
+        self._site_agent.flush()
+
+
 DONE = Failure(ConnectionDone())
 
 
@@ -184,7 +265,8 @@ class ProxyTestCase(SynchronousTestCase):
         self.api = OpenAiApi(
             self.backends, CONFIG, self.agent, self.clock, max_body_bytes=self.max_body_bytes
         )
-        self.client = StubTreq(self.api.app.resource())
+        # The site, not only the app's resource: the site holds the body limit.
+        self.client = SiteTreq(self.api.site())
 
     def make_running(self, service: str = "chat") -> None:
         self.backends.set_state(service, ServiceState.RUNNING)
@@ -201,7 +283,7 @@ class ProxyTestCase(SynchronousTestCase):
         return self.client.post("http://lmproxy" + path, data=body, headers=headers, **kwargs)
 
     def result(self, d: Deferred[Any]) -> tuple[int, Headers, bytes]:
-        """Status, headers and whole body of the response ``d`` fires with."""
+        """Status, headers and whole body of the response C{d} fires with."""
         self.pump()
         response = self.successResultOf(d)
         body = treq.content(response)
@@ -803,7 +885,7 @@ class Wire:
     def response(self, raw: bool = False) -> tuple[bytes, dict[bytes, list[bytes]], bytes]:
         """
         Status line, headers (but Date) and body (decoded from chunks unless
-        ``raw``) the client has received; clears them.
+        C{raw}) the client has received; clears them.
         """
         head, _, body = self.client.value().partition(b"\r\n\r\n")
         self.client.clear()
@@ -928,6 +1010,22 @@ class WireTests(SynchronousTestCase):
         # The pool reused the first backend connection for the third request.
         self.assertEqual(sorted(connections), [9001, 9002])
         self.assertEqual(len(self.wire.reactor.tcpClients), 2)
+
+    def test_backend_connections_log_nothing(self) -> None:
+        """
+        A new backend connection logs no "Starting factory" / "Stopping
+        factory" lines (Twisted's, for every connection of a plain pool).
+        """
+        self.wire.channel.dataReceived(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: lmproxy\r\n"
+            b'Content-Length: 20\r\n\r\n{"model": "llama-3"}'
+        )
+        _, _, factory, _, _ = self.wire.reactor.tcpClients[-1]
+        with capturedLogs() as events:
+            # What a real connector does around a connection attempt.
+            factory.doStart()
+            factory.doStop()
+        self.assertEqual([formatEvent(e) for e in events if "factory" in formatEvent(e)], [])
 
     def test_ipv6_backend(self) -> None:
         """An IPv6 address is connected to as such, and bracketed in Host."""

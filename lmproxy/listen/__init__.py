@@ -1,6 +1,16 @@
 """
-The listeners: a port per service that forwards TCP (``portforward``
-factories), and the OpenAI-compatible port that routes each request by its
-model.  They get backends from an L{lmproxy.interfaces.IBackends} and never
-start, stop or signal a process themselves.
+The listeners: a port per service that forwards TCP, and the OpenAI-compatible
+port that routes each request by its model.  They get backends from an
+L{lmproxy.interfaces.IBackends} and never start, stop or signal a process
+themselves.
+
+ - L{lmproxy.listen.ports}: the listening sockets, bound while the service
+   tree is built and adopted into the reactor when it starts.
+ - L{lmproxy.listen.tcp}: per-service TCP forwarding (C{portforward} factories).
+ - L{lmproxy.listen.openai}: the OpenAI port's routes (a Klein app).
+ - L{lmproxy.listen.sites}: the twisted.web sites, the OpenAI port's with its
+   request-body limit.
+ - L{lmproxy.listen.jsonerrors}: the OpenAI port's JSON answers and errors.
+ - L{lmproxy.listen.httpforward}: forwarding one HTTP request to a backend and
+   relaying its response.
 """

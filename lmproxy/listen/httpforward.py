@@ -19,8 +19,15 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
 )
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTCP, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.interfaces import (
+    IConsumer,
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    IReactorTCP,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -29,7 +36,6 @@ from twisted.web.client import (
     HTTPConnectionPool,
     PotentialDataLoss,
     ResponseDone,
-    _HTTP11ClientFactory,
 )
 from twisted.web.http import NO_BODY_CODES
 from twisted.web.http_headers import Headers
@@ -60,9 +66,12 @@ _REQUEST_ONLY = frozenset({b"host", b"content-length", b"expect"})
 
 def end_to_end_headers(headers: Headers, also_drop: frozenset[bytes] = frozenset()) -> Headers:
     """
-    A copy of ``headers`` without the hop-by-hop ones: those of L{HOP_BY_HOP},
-    every ``Proxy-*`` header, those the ``Connection`` header names, and
-    ``also_drop`` (lower-case names).
+    A copy of C{headers} without the hop-by-hop ones: those of L{HOP_BY_HOP},
+    every C{Proxy-*} header, those the C{Connection} header names, and
+    C{also_drop}.
+
+    @param headers: the headers of a request or a response.
+    @param also_drop: more names to drop, in lower case.
     """
     named = {
         token.strip().lower()
@@ -94,10 +103,14 @@ class BytesProducer:
     """
 
     def __init__(self, body: bytes) -> None:
+        """
+        @param body: the whole body.
+        """
         self._body = body
         self.length = len(body)
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        """Write the whole body to C{consumer}; done at once."""
         consumer.write(self._body)
         return succeed(None)
 
@@ -126,25 +139,41 @@ class _BackendEndpoints:
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         host = uri.host.decode("ascii")
         if isIPv6Address(host):
-            return TCP6ClientEndpoint(self._reactor, host, uri.port)
-        if isIPAddress(host):
-            return TCP4ClientEndpoint(self._reactor, host, uri.port)
-        return HostnameEndpoint(self._reactor, uri.host, uri.port)
+            endpoint: IStreamClientEndpoint = TCP6ClientEndpoint(self._reactor, host, uri.port)
+        elif isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self._reactor, host, uri.port)
+        else:
+            endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port)
+        return _QuietEndpoint(endpoint)
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    # Twisted logs "Starting factory" / "Stopping factory" for every new
-    # connection to a backend; lmproxy's log is for what users need to see.
-    noisy = False
+@implementer(IStreamClientEndpoint)
+class _QuietEndpoint:
+    """
+    An endpoint whose connections log no "Starting factory" and "Stopping
+    factory" lines: Twisted logs them for every connection that the pool
+    opens to a backend, and lmproxy's log is for what users need to see.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """Connect C{protocolFactory}, made quiet when it is a C{Factory}."""
+        if isinstance(protocolFactory, Factory):
+            # Factory.doStart and doStop log those lines unless noisy is false.
+            protocolFactory.noisy = False
+        return self._endpoint.connect(protocolFactory)
 
 
 def backend_agent(reactor: IReactorTCP) -> IAgent:
     """
     The agent to forward with: a persistent connection pool, and IP addresses
     connected to without name resolution.
+
+    @param reactor: connects to the backends.
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
-    pool._factory = _QuietClientFactory
     # Keep enough idle connections for bursts of concurrent requests to one model
     # server (Twisted's default keeps 2 per host and closes the rest).
     pool.maxPersistentPerHost = 32
@@ -153,8 +182,14 @@ def backend_agent(reactor: IReactorTCP) -> IAgent:
 
 def send(agent: IAgent, request: Request, host: str, port: int, body: bytes) -> Deferred[IResponse]:
     """
-    Send ``request`` (method, path and query, end-to-end headers) with
-    ``body`` to the backend at ``host:port``.  The agent sets Host.
+    Send C{request} (method, path and query, end-to-end headers) with
+    C{body} to the backend at C{host:port}.  The agent sets Host.
+
+    @param agent: sends it.
+    @param request: the client's request.
+    @param host: the backend's IP address.
+    @param port: the backend's port.
+    @param body: the client's request body.
     """
     authority = f"[{host}]" if ":" in host else host
     url = b"http://%s:%d%s" % (authority.encode("ascii"), port, request.uri)
@@ -164,10 +199,14 @@ def send(agent: IAgent, request: Request, host: str, port: int, body: bytes) -> 
 
 def relay(response: IResponse, request: Request, service: str) -> Deferred[None]:
     """
-    Copy ``response`` to ``request``: status, end-to-end headers, then the
+    Copy C{response} to C{request}: status, end-to-end headers, then the
     body as it arrives.  The result fires once the client's response is over
     (finished, or the client's connection closed); cancelling it stops the
     backend response.
+
+    @param response: the backend's response.
+    @param request: the client's request to answer.
+    @param service: the service's name, for the log.
     """
     request.setResponseCode(response.code, response.phrase)
     # The agent keeps the connection headers (Connection, Keep-Alive,
@@ -198,6 +237,11 @@ class ResponseRelay(Protocol):
     """
 
     def __init__(self, request: Request, service: str, declared_length: bool) -> None:
+        """
+        @param request: the client's request to write the body to.
+        @param service: the service's name, for the log.
+        @param declared_length: whether the client was promised a Content-Length.
+        """
         self._request = request
         self._service = service
         self._declared_length = declared_length

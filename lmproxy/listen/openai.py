@@ -4,12 +4,14 @@ the service that serves that model, and forward it there.
 
 HTTP is terminated here and every request is forwarded on its own, so one
 keep-alive client connection can talk to several models in turn.  A request
-holds an ``ILease`` from L{IBackends.acquire} from the moment its backend is
-running until its response is over: while it waits it counts as a waiting
-connection of the service (a start it triggers is shared with everyone else),
-and while it is forwarded its service is never evicted.
+holds an L{lmproxy.interfaces.ILease} from L{IBackends.acquire} from the
+moment its backend is running until its response is over: while it waits it
+counts as a waiting connection of the service (a start it triggers is shared
+with everyone else), and while it is forwarded its service is never evicted.
 
-Serve it with ``OpenAiApi(...).site()``.
+Serve it with C{OpenAiApi(...).site()}: that site (L{lmproxy.listen.sites})
+holds the port's request-body limit, and L{lmproxy.listen.jsonerrors} builds
+its JSON answers.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ import json
 from itertools import chain
 from typing import Any
 
-from klein import Klein
-from klein.resource import KleinResource
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -29,7 +29,6 @@ from twisted.web.client import (
     RequestTransmissionFailed,
     ResponseFailed,
 )
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IRequest
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
@@ -39,15 +38,21 @@ from werkzeug.sansio.multipart import NEED_DATA, Data, Epilogue, Field, Multipar
 from lmproxy.config import DEFAULT_OPENAI_MAX_BODY_BYTES, Config
 from lmproxy.interfaces import IBackends, ServiceUnavailable
 from lmproxy.listen.httpforward import relay, send
+from lmproxy.listen.jsonerrors import (
+    JsonErrorsKlein,
+    error_response,
+    json_response,
+    model_not_found,
+)
+from lmproxy.listen.sites import BodyLimitedSite
 from lmproxy.logs import log_observer
 
 # Through log_observer: the per-request debug line only with LogLevel Debug.
 log = Logger(observer=log_observer)
 
-JSON_CONTENT_TYPE = b"application/json; charset=utf-8"
 OWNED_BY = "lmproxy"
 
-# Connecting to the backend failed: the lease's reconnect() may restart it.
+# Connecting to the backend failed: the lease may let us reconnect (ILease.may_reconnect).
 _CONNECT_ERRORS = (ConnectError, DNSLookupError)
 # The backend was reached but gave no usable response.
 _EXCHANGE_ERRORS = (ResponseFailed, RequestTransmissionFailed, RequestNotSent)
@@ -57,100 +62,20 @@ _EXCHANGE_ERRORS = (ResponseFailed, RequestTransmissionFailed, RequestNotSent)
 _MULTIPART_SLICE = 64 * 1024
 
 
-class _BodyLimitedRequest(Request):
-    """
-    A request that answers 413 and closes the connection as soon as its body
-    is known to be over its site's limit: at once from Content-Length (no
-    ``100 Continue`` is sent, so such clients never upload it), else when a
-    chunked body grows past it.
-    """
-
-    channel: Any
-    _refused = False
-    _received = 0
-
-    def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self.channel.site.max_body_bytes:
-            self._refuse()
-        else:
-            super().gotLength(length)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self._refused:
-            return
-        self._received += len(data)
-        if self._received > self.channel.site.max_body_bytes:
-            self._refuse()
-        else:
-            super().handleContentChunk(data)
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if not self._refused:
-            super().requestReceived(command, path, version)
-
-    def _refuse(self) -> None:
-        self._refused = True
-        # twisted.web sends "100 Continue" after gotLength unless Expect is gone.
-        self.requestHeaders.removeHeader(b"expect")
-        body = _encode(_too_large(self.channel.site.max_body_bytes))
-        headers = Headers(
-            {
-                b"Content-Type": [JSON_CONTENT_TYPE],
-                b"Content-Length": [b"%d" % len(body)],
-                b"Connection": [b"close"],
-            }
-        )
-        self.channel.writeHeaders(b"HTTP/1.1", b"413", b"Request Entity Too Large", headers)
-        self.channel.write(body)
-        self.channel.loseConnection()
-
-
-class _ApiSite(Site):
-    """The site of the OpenAI port: see L{OpenAiApi.site}."""
-
-    requestFactory = _BodyLimitedRequest
-
-    def __init__(self, resource: KleinResource, max_body_bytes: int, clock: IReactorTime) -> None:
-        super().__init__(resource, parsePOSTFormSubmission=False, reactor=clock)
-        self.max_body_bytes = max_body_bytes
-
-
-class _JsonErrorsResource(KleinResource):
-    """
-    Klein's resource, except that a URL that is not UTF-8 gets a JSON 400
-    instead of Klein's plain-text one and a logged traceback.
-    """
-
-    def render(self, request: IRequest) -> Any:  # Klein's own return type is private
-        try:
-            b"/".join(request.postpath).decode("utf-8")
-            request.getRequestHostname().decode("utf-8")
-        except UnicodeDecodeError:
-            return _error(request, 400, "The URL is not valid UTF-8.")
-        return super().render(request)
-
-
-class _JsonErrorsKlein(Klein):
-    """A Klein app whose resource answers even undecodable URLs with JSON."""
-
-    def resource(self) -> KleinResource:
-        return _JsonErrorsResource(self)
-
-
 class OpenAiApi:
     """
     The Klein app of the OpenAI port: C{GET /v1/models[/{id}]}, and the
     inference endpoints, each forwarded to the service of its model.
 
     @param backends: hands out running backends.
-    @param config: the services and their ``openai_api_models``.
+    @param config: the services and their C{openai_api_models}.
     @param agent: sends the forwarded requests (in production an C{Agent} with
         a persistent C{HTTPConnectionPool}).
     @param clock: times requests for the log; drives the timeouts of L{site}.
-    @param max_body_bytes: larger request bodies are refused with 413.
+    @param max_body_bytes: larger request bodies are refused with 413 (by L{site}).
     """
 
-    app = _JsonErrorsKlein()
+    app = JsonErrorsKlein()
 
     def __init__(
         self,
@@ -174,13 +99,12 @@ class OpenAiApi:
 
     def site(self) -> Site:
         """
-        The twisted.web site to serve this API on.  Unlike a plain
-        C{Site(api.app.resource())}, it leaves multipart bodies unparsed (a
-        plain Site parses every upload into C{request.args}, and answers a
-        malformed one with a bare 400), and it refuses a body over the limit
-        as soon as its size is known, before reading it.
+        The twisted.web site to serve this API on, a L{BodyLimitedSite}.
+        Unlike a plain C{Site(api.app.resource())}, it leaves multipart bodies
+        unparsed, and it refuses a body over the limit as soon as its size is
+        known, before reading it: the routes rely on it for the limit.
         """
-        return _ApiSite(self.app.resource(), self._max_body_bytes, self._clock)
+        return BodyLimitedSite(self.app.resource(), self._max_body_bytes, self._clock)
 
     # --- Model list -----------------------------------------------------------
 
@@ -189,17 +113,19 @@ class OpenAiApi:
 
     @app.route("/v1/models", methods=["GET"])
     def list_models(self, request: Request) -> bytes:
+        """Every model id of every OpenAI service, in config order."""
         created = int(self._backends.snapshot().started_at)
         data = [self._model_entry(model, created) for model in self._services_by_model]
-        return _json(request, 200, {"object": "list", "data": data})
+        return json_response(request, 200, {"object": "list", "data": data})
 
     # merge_slashes=False: an id such as "org//model" must reach us as it is.
     @app.route("/v1/models/<path:model_id>", methods=["GET"], merge_slashes=False)
     def retrieve_model(self, request: Request, model_id: str) -> bytes:
+        """One model id, or OpenAI's 404."""
         if model_id not in self._services_by_model:
-            return _model_not_found(request, model_id)
+            return model_not_found(request, model_id)
         created = int(self._backends.snapshot().started_at)
-        return _json(request, 200, self._model_entry(model_id, created))
+        return json_response(request, 200, self._model_entry(model_id, created))
 
     # --- Inference ------------------------------------------------------------
 
@@ -211,71 +137,67 @@ class OpenAiApi:
     @app.route("/v1/images/generations", methods=["POST"], endpoint="images_generations")
     @app.route("/v1/audio/speech", methods=["POST"], endpoint="audio_speech")
     async def json_inference(self, request: Request) -> bytes | None:
-        """A JSON object body whose ``model`` names the model."""
-        body = self._read_body(request)
-        if body is None:
-            return _json(request, 413, _too_large(self._max_body_bytes))
+        """A JSON object body whose C{model} names the model."""
+        body = _body(request)
         try:
             document = json.loads(body)
         except (ValueError, RecursionError) as e:
-            return _error(request, 400, f"The body is not valid JSON: {e}")
+            return error_response(request, 400, f"The body is not valid JSON: {e}")
         if not isinstance(document, dict):
-            return _error(request, 400, "The body must be a JSON object.")
+            return error_response(request, 400, "The body must be a JSON object.")
         model = document.get("model")
         return await self._route(request, model, body)
 
     @app.route("/v1/audio/transcriptions", methods=["POST"], endpoint="audio_transcriptions")
     @app.route("/v1/audio/translations", methods=["POST"], endpoint="audio_translations")
     async def multipart_inference(self, request: Request) -> bytes | None:
-        """A multipart/form-data body whose ``model`` field names the model."""
-        body = self._read_body(request)
-        if body is None:
-            return _json(request, 413, _too_large(self._max_body_bytes))
+        """A multipart/form-data body whose C{model} field names the model."""
+        body = _body(request)
         content_type, options = parse_options_header(
             (request.getHeader(b"content-type") or b"").decode("latin-1")
         )
         boundary = options.get("boundary")
         if content_type != "multipart/form-data" or not boundary:
-            return _error(request, 400, "The body must be multipart/form-data with a boundary.")
+            return error_response(
+                request, 400, "The body must be multipart/form-data with a boundary."
+            )
         try:
             model = multipart_field(body, boundary.encode("latin-1"), "model")
         except ValueError as e:
-            return _error(request, 400, f"The multipart/form-data body is malformed: {e}")
+            return error_response(request, 400, f"The multipart/form-data body is malformed: {e}")
         return await self._route(request, model, body)
-
-    def _read_body(self, request: Request) -> bytes | None:
-        """The request body, or None when it is over the limit."""
-        # Content-Length first: an oversized body is refused without reading it.
-        declared = request.getHeader(b"content-length")
-        if declared is not None and int(declared) > self._max_body_bytes:
-            return None
-        assert request.content is not None  # twisted.web sets it before rendering
-        body = request.content.read(self._max_body_bytes + 1)
-        return body if len(body) <= self._max_body_bytes else None
 
     async def _route(self, request: Request, model: object, body: bytes) -> bytes | None:
         if model is None:
-            return _error(request, 400, "You must provide a model parameter.", param="model")
+            return error_response(
+                request, 400, "You must provide a model parameter.", param="model"
+            )
         if not isinstance(model, str):
-            return _error(request, 400, "The model parameter must be a string.", param="model")
+            return error_response(
+                request, 400, "The model parameter must be a string.", param="model"
+            )
         service = self._services_by_model.get(model)
         if service is None:
-            return _model_not_found(request, model)
+            return model_not_found(request, model)
         return await self._forward(request, service, body)
 
     async def _forward(self, request: Request, service: str, body: bytes) -> bytes | None:
         """
-        Get a running backend of ``service`` and forward the request to it.
+        Get a running backend of C{service} and forward the request to it.
         A client that leaves makes Klein cancel this coroutine, which cancels
         whatever it awaits: the wait for the backend, the backend request, or
         the response relay.
+
+        A failed connection is retried after C{lease.reconnect()} as long as
+        the lease allows it (C{ILease.may_reconnect}: once per client), as the
+        TCP listener does.
         """
         began = self._clock.seconds()
         try:
             lease = await self._backends.acquire(service)
         except ServiceUnavailable as e:
             log.info("Request for {service} failed: {why}", service=service, why=str(e))
-            return _error(request, 503, str(e), "server_error", code="service_unavailable")
+            return error_response(request, 503, str(e), "server_error", code="service_unavailable")
         try:
             while True:
                 try:
@@ -295,15 +217,15 @@ class OpenAiApi:
             await relay(response, request, service)
         except ServiceUnavailable as e:
             log.info("Request for {service} failed: {why}", service=service, why=str(e))
-            return _error(request, 503, str(e), "server_error", code="service_unavailable")
+            return error_response(request, 503, str(e), "server_error", code="service_unavailable")
         except _CONNECT_ERRORS as e:
             message = f"Could not connect to service {service!r}: {e}"
             log.info("{message}", message=message)
-            return _error(request, 503, message, "server_error", code="service_unavailable")
+            return error_response(request, 503, message, "server_error", code="service_unavailable")
         except _EXCHANGE_ERRORS as e:
             message = f"Service {service!r} closed the connection without a response."
             log.warn("{message} ({why})", message=message, why=str(e))
-            return _error(request, 502, message, "server_error", code="bad_gateway")
+            return error_response(request, 502, message, "server_error", code="bad_gateway")
         finally:
             # The lease of a failed reconnect() was released by it; release is idempotent.
             lease.release()
@@ -321,19 +243,21 @@ class OpenAiApi:
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
+        """No route has this path: OpenAI's 404 for an invalid URL."""
         method = request.method.decode("latin-1")
         path = request.path.decode("latin-1")
-        return _error(request, 404, f"Invalid URL ({method} {path})")
+        return error_response(request, 404, f"Invalid URL ({method} {path})")
 
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
+        """A route has this path but not this method: 405, with Allow."""
         error = failure.value
         assert isinstance(error, MethodNotAllowed)
         allowed = sorted(error.valid_methods or ())
         request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
         method = request.method.decode("latin-1")
         path = request.path.decode("latin-1")
-        return _error(
+        return error_response(
             request,
             405,
             f"Method {method} is not allowed for {path}; use {' or '.join(allowed)}.",
@@ -342,21 +266,26 @@ class OpenAiApi:
 
     @app.handle_errors(HTTPException)
     def http_error(self, request: IRequest, failure: Failure) -> bytes:
+        """Any other HTTP error of Klein's, as JSON."""
         error = failure.value
         assert isinstance(error, HTTPException)
-        return _error(request, error.code or 500, error.description or error.name)
+        return error_response(request, error.code or 500, error.description or error.name)
 
     @app.handle_errors(Exception)
     def internal_error(self, request: IRequest, failure: Failure) -> bytes:
+        """A bug: logged, and answered with a JSON 500, never a traceback page."""
         log.failure("Error handling {path}", failure, path=request.path.decode("latin-1"))
-        return _error(request, 500, "Internal error in lmproxy.", "server_error")
+        return error_response(request, 500, "Internal error in lmproxy.", "server_error")
 
 
 def multipart_field(body: bytes, boundary: bytes, name: str) -> str | None:
     """
-    The value of the form field ``name`` in a multipart/form-data ``body``, or
-    None when it has no such field.  Stops reading at that field.
+    The value of the form field C{name} in a multipart/form-data C{body}, or
+    C{None} when it has no such field.  Stops reading at that field.
 
+    @param body: the whole body.
+    @param boundary: the boundary its Content-Type names.
+    @param name: the field to find.
     @raise ValueError: the body is not valid multipart, or the value is not UTF-8.
     """
     decoder = MultipartDecoder(boundary)
@@ -377,42 +306,7 @@ def multipart_field(body: bytes, boundary: bytes, name: str) -> str | None:
     raise ValueError("it ends before its closing boundary")
 
 
-def _encode(document: object) -> bytes:
-    return json.dumps(document, ensure_ascii=False).encode("utf-8")
-
-
-def _json(request: IRequest, status: int, document: object) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
-    return _encode(document)
-
-
-def _error_document(
-    message: str,
-    kind: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
-) -> dict[str, Any]:
-    """An error in OpenAI's shape."""
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def _error(
-    request: IRequest,
-    status: int,
-    message: str,
-    kind: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
-) -> bytes:
-    return _json(request, status, _error_document(message, kind, param, code))
-
-
-def _model_not_found(request: IRequest, model: str) -> bytes:
-    message = f"The model {model!r} does not exist."
-    return _error(request, 404, message, param="model", code="model_not_found")
-
-
-def _too_large(limit: int) -> dict[str, Any]:
-    message = f"The request body is larger than the limit of {limit} bytes."
-    return _error_document(message, code="request_too_large")
+def _body(request: Request) -> bytes:
+    """The whole body of C{request}: L{BodyLimitedSite} has kept it within the limit."""
+    assert request.content is not None  # twisted.web sets it before rendering
+    return request.content.read()

@@ -1,35 +1,41 @@
 """
-Per-service TCP forwarding: a ``portforward.ProxyFactory`` whose connections
-ask the supervisor for a running backend before they connect to it.
+Per-service TCP forwarding: a C{twisted.protocols.portforward.ProxyFactory}
+whose connections ask the supervisor for a running backend before they
+connect to it.
 
 While the client waits for its service, what it sends is read and held (up to
 ClientRequestBufferLimitBytes, then reading pauses: backpressure).  Reading on
 is what lets lmproxy notice at once that a waiting client has left; a client
 that leaves cancels its wait.  Once connected, bytes flow both ways with flow
 control (each transport is the other's producer), and when either side closes
-the other is closed too.
+the other is closed too.  A failed connection to the backend is retried after
+L{ILease.reconnect} as long as the lease allows it (L{ILease.may_reconnect}:
+once per client), as the OpenAI port does.
 """
 
 from __future__ import annotations
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTCP, ITCPTransport
+from twisted.internet.interfaces import IAddress, IReactorTCP, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import portforward
 from twisted.python.failure import Failure
 
+from lmproxy.config import ServiceConfig
 from lmproxy.interfaces import IBackends, ILease, ServiceUnavailable, UnknownService
 from lmproxy.logs import log_observer
 
 READ_SIZE = 256 * 1024
+"""Bytes read from a socket at a time (Twisted's default is 64 KiB)."""
 
 
 def _tune(transport: object) -> None:
     if ITCPTransport.providedBy(transport):
         # Small request/response exchanges must not wait for Nagle's algorithm.
         ITCPTransport(transport).setTcpNoDelay(True)
-        # Fewer, larger reads and writes for bulk transfers (Twisted reads 64 KiB).
+        # Fewer, larger reads and writes for bulk transfers: Twisted's TCP
+        # transports read bufferSize bytes at a time (FileDescriptor.bufferSize).
         transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
 
 
@@ -39,6 +45,7 @@ class BackendConnection(portforward.ProxyClient):
     peer: ServiceConnection
 
     def connectionMade(self) -> None:
+        """Send what the client sent while it waited, then forward both ways."""
         _tune(self.transport)
         held = self.peer.take_held_data()
         if held:
@@ -55,17 +62,25 @@ class BackendConnectionFactory(portforward.ProxyClientFactory):
     server: ServiceConnection
 
     def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
+        """Let the client's connection decide: reconnect, or close."""
         self.server.backend_connection_failed(reason)
 
 
 class ServiceConnection(portforward.ProxyServer):
-    """A client of one service, from accept to close."""
+    """
+    A client of one service, from accept to close.
+
+    Unlike C{ProxyServer}, it reads (and holds) what the client sends while
+    it waits, and connects to the address its lease gives, through the
+    C{reactor} that its factory set.
+    """
 
     log = Logger(observer=log_observer)
     clientProtocolFactory = BackendConnectionFactory
     factory: ServiceProxyFactory
 
     def connectionMade(self) -> None:
+        """Ask for a backend; read the client meanwhile (see the module)."""
         _tune(self.transport)
         self.log.debug(
             "{service}: client {peer} connected",
@@ -76,10 +91,10 @@ class ServiceConnection(portforward.ProxyServer):
         self._held_bytes = 0
         self._lease: ILease | None = None
         self._closed = False
-        self._waiting: Deferred[ILease] | None = self.factory.backends.acquire(self.factory.service)
-        self._waiting.addCallbacks(self._connect, self._unavailable)
+        self._wait(self.factory.backends.acquire(self.factory.service))
 
     def dataReceived(self, data: bytes) -> None:
+        """Forward to the backend, or hold until connected to it."""
         if self.peer is not None:
             self.peer.transport.write(data)  # type: ignore[union-attr]
             return
@@ -90,8 +105,13 @@ class ServiceConnection(portforward.ProxyServer):
             self.transport.pauseProducing()
 
     def take_held_data(self) -> bytes:
+        """What the client sent before the backend connection was made; forgets it."""
         held, self._held, self._held_bytes = b"".join(self._held), [], 0
         return held
+
+    def _wait(self, lease: Deferred[ILease]) -> None:
+        self._waiting: Deferred[ILease] | None = lease
+        lease.addCallbacks(self._connect, self._unavailable)
 
     def _connect(self, lease: ILease) -> None:
         self._waiting = None
@@ -101,7 +121,8 @@ class ServiceConnection(portforward.ProxyServer):
             return
         client = self.clientProtocolFactory()
         client.setServer(self)
-        self.factory.reactor.connectTCP(lease.host, lease.port, client)
+        assert self.reactor is not None  # set by ServiceProxyFactory.buildProtocol
+        self.reactor.connectTCP(lease.host, lease.port, client)
 
     def _unavailable(self, reason: Failure) -> None:
         self._waiting = None
@@ -119,6 +140,12 @@ class ServiceConnection(portforward.ProxyServer):
         self.transport.loseConnection()
 
     def backend_connection_failed(self, reason: Failure) -> None:
+        """
+        Connecting to the backend failed: reconnect if the lease allows it,
+        else release it and close the client.
+
+        @param reason: why the connection failed.
+        """
         lease, self._lease = self._lease, None
         if lease is None or self._closed:
             return
@@ -133,10 +160,11 @@ class ServiceConnection(portforward.ProxyServer):
             lease.release()
             self.transport.loseConnection()
             return
-        self._waiting = lease.reconnect()
-        self._waiting.addCallbacks(self._connect, self._unavailable)
+        # reconnect() releases this lease; a failure closes the client (_unavailable).
+        self._wait(lease.reconnect())
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Cancel the wait or close the backend connection; release the lease."""
         self.log.debug(
             "{service}: client {peer} gone",
             service=self.factory.service,
@@ -152,7 +180,18 @@ class ServiceConnection(portforward.ProxyServer):
 
 
 class ServiceProxyFactory(portforward.ProxyFactory):
-    """Listens for the clients of one service."""
+    """
+    Listens for the clients of one service.
+
+    Its C{host} and C{port} (those of C{ProxyFactory}) are the service's
+    configured target; each connection goes to the address of its lease,
+    which the supervisor resolved when it started the service.
+
+    @ivar backends: hands out the backends.
+    @ivar service: the service's name.
+    @ivar buffer_limit: bytes held per waiting client before reading pauses
+        (0: no limit).
+    """
 
     protocol = ServiceConnection
     noisy = False
@@ -160,11 +199,28 @@ class ServiceProxyFactory(portforward.ProxyFactory):
     def __init__(
         self,
         backends: IBackends,
-        service: str,
+        service: ServiceConfig,
         buffer_limit: int,
         reactor: IReactorTCP,
     ) -> None:
+        """
+        @param backends: hands out the backends.
+        @param service: the service whose port this is.
+        @param buffer_limit: bytes held per waiting client before reading
+            pauses (0: no limit).
+        @param reactor: connects to the backends.
+        """
+        super().__init__(service.proxy_target_host, service.proxy_target_port)
         self.backends = backends
-        self.service = service
+        self.service = service.name
         self.buffer_limit = buffer_limit
-        self.reactor = reactor
+        self._reactor = reactor
+
+    def buildProtocol(self, addr: IAddress | None) -> ServiceConnection:
+        """A L{ServiceConnection} that connects through this factory's reactor."""
+        protocol = super().buildProtocol(addr)
+        assert isinstance(protocol, ServiceConnection)
+        # ProxyServer's own hook for its reactor (else it uses the global one),
+        # which portforward types as the global reactor's (private) type.
+        protocol.reactor = self._reactor  # type: ignore[assignment]
+        return protocol

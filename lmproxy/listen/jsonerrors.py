@@ -1,0 +1,109 @@
+"""
+The JSON answers of the OpenAI port: JSON bodies, errors in OpenAI's shape
+(built by L{lmproxy.openai_errors.error_document}), and a Klein app whose
+resource answers even an undecodable URL with such an error.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from klein import Klein
+from klein.resource import KleinResource
+from twisted.web.iweb import IRequest
+
+from lmproxy.openai_errors import error_document
+
+JSON_CONTENT_TYPE = b"application/json; charset=utf-8"
+"""The Content-Type of every JSON answer of the OpenAI port."""
+
+
+def encode(document: object) -> bytes:
+    """
+    C{document} as UTF-8 JSON (non-ASCII characters as they are).
+
+    @param document: what C{json.dumps} accepts.
+    """
+    return json.dumps(document, ensure_ascii=False).encode("utf-8")
+
+
+def json_response(request: IRequest, status: int, document: object) -> bytes:
+    """
+    Set C{request}'s status and Content-Type, and return C{document} as its body.
+
+    @param request: the request to answer.
+    @param status: the HTTP status code.
+    @param document: the JSON document to answer with.
+    """
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+    return encode(document)
+
+
+def error_response(
+    request: IRequest,
+    status: int,
+    message: str,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> bytes:
+    """
+    Answer C{request} with an OpenAI-shaped error.
+
+    @param request: the request to answer.
+    @param status: the HTTP status code.
+    @param message: the error's C{message}, fit to show a user.
+    @param kind: the error's C{type}.
+    @param param: the request parameter at fault, if any.
+    @param code: the error's machine-readable C{code}, if any.
+    @return: the body.
+    """
+    return json_response(request, status, error_document(message, kind, param, code))
+
+
+def model_not_found(request: IRequest, model: str) -> bytes:
+    """
+    Answer C{request} with OpenAI's 404 for an unknown model id.
+
+    @param request: the request to answer.
+    @param model: the id the request named.
+    @return: the body.
+    """
+    message = f"The model {model!r} does not exist."
+    return error_response(request, 404, message, param="model", code="model_not_found")
+
+
+def too_large(limit: int) -> dict[str, Any]:
+    """
+    The error document of a request body over C{limit} bytes (a 413).
+
+    @param limit: the largest body accepted, in bytes.
+    """
+    message = f"The request body is larger than the limit of {limit} bytes."
+    return error_document(message, code="request_too_large")
+
+
+class JsonErrorsResource(KleinResource):
+    """
+    Klein's resource, except that a URL that is not UTF-8 gets a JSON 400
+    instead of Klein's plain-text one and a logged traceback.
+    """
+
+    def render(self, request: IRequest) -> Any:  # Klein's own return type is private
+        """Answer an undecodable path or host with a JSON 400, else as Klein does."""
+        try:
+            b"/".join(request.postpath).decode("utf-8")
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            return error_response(request, 400, "The URL is not valid UTF-8.")
+        return super().render(request)
+
+
+class JsonErrorsKlein(Klein):
+    """A Klein app whose resource answers even undecodable URLs with JSON."""
+
+    def resource(self) -> KleinResource:
+        """The app's resource: a L{JsonErrorsResource}."""
+        return JsonErrorsResource(self)

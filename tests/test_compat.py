@@ -1,0 +1,126 @@
+"""
+Tests of L{lmproxy.compat}: one test per assumption it makes of Twisted
+beyond its public API (numbered as in its docstring), so that a Twisted
+upgrade that breaks one fails here.  A real C{Site} and C{HTTPChannel} over a
+C{StringTransport}: no sockets, no time.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from lmproxy.compat import EarlyAnswerRequest
+
+CLIENT = IPv4Address("TCP", "127.0.0.1", 50000)
+
+
+class Rendered(Resource):
+    """Records each request it renders."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[bytes] = []
+
+    def render(self, request: Request) -> bytes:
+        assert request.content is not None
+        self.bodies.append(request.content.read())
+        return b"rendered"
+
+
+class EarlyAnswerTests(SynchronousTestCase):
+    """What HTTPChannel tells an L{EarlyAnswerRequest}, and when."""
+
+    def setUp(self) -> None:
+        self.events: list[tuple[str, object]] = []
+        self.answer_on: str | None = None  # "length" or "chunk": answer early then
+        test = self
+
+        class Recording(EarlyAnswerRequest):
+            def body_length(self, length: int | None) -> None:
+                test.events.append(("length", length))
+                if test.answer_on == "length":
+                    self.answer_early(413, Headers({b"Content-Length": [b"2"]}), b"no")
+
+            def body_chunk(self, data: bytes) -> None:
+                test.events.append(("chunk", data))
+                if test.answer_on == "chunk":
+                    self.answer_early(413, Headers({b"Content-Length": [b"2"]}), b"no")
+
+        self.resource = Rendered()
+        # A fake clock: the channels' timeouts must not reach the global reactor.
+        self.site = Site(self.resource, reactor=Clock())
+        self.site.requestFactory = Recording
+        self.connect()
+
+    def connect(self) -> None:
+        """A new client connection to the site."""
+        self.transport = StringTransport(peerAddress=CLIENT)
+        self.channel = self.site.buildProtocol(CLIENT)
+        assert self.channel is not None
+        self.channel.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> None:
+        self.channel.dataReceived(data)
+
+    def test_1_length_first(self) -> None:
+        """C{gotLength}: the declared length (None when chunked) before any body byte."""
+        self.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+        self.assertEqual(self.events, [("length", 5)])
+        self.send(b"hello")
+        self.assertEqual(self.events, [("length", 5), ("chunk", b"hello")])
+        self.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.assertEqual(self.events[2:], [("length", None)])
+
+    def test_2_expect_read_after_length(self) -> None:
+        """Removing C{Expect} in C{gotLength} means no C{100 Continue}."""
+        head = b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+        self.send(head)
+        self.assertEqual(self.transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.answer_on = "length"
+        self.connect()
+        self.send(head)
+        self.assertEqual(
+            self.transport.value(),
+            b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 2\r\n\r\nno",
+        )
+
+    def test_3_chunks_decoded_in_order(self) -> None:
+        """C{handleContentChunk}: the body without its chunked framing, in order."""
+        self.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.send(b"3\r\nabc\r\n")
+        self.send(b"2\r\nde\r\n0\r\n\r\n")
+        chunks = [data for kind, data in self.events if kind == "chunk"]
+        self.assertEqual(chunks, [b"abc", b"de"])
+        self.assertEqual(self.resource.bodies, [b"abcde"])
+
+    def test_4_request_received_starts_processing(self) -> None:
+        """Not passing C{requestReceived} on leaves the resource unrendered."""
+        self.answer_on = "chunk"
+        self.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        self.assertEqual(self.events, [("length", 5), ("chunk", b"hello")])
+        self.assertEqual(self.resource.bodies, [])
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 413 "))
+
+    def test_5_nothing_written_after_an_early_answer(self) -> None:
+        """Once closed early, the channel takes the client's bytes and writes nothing."""
+        self.answer_on = "length"
+        self.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        self.assertTrue(self.transport.disconnecting)
+        self.transport.clear()
+        self.send(b"0123456789")
+        self.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.events, [("length", 10)])
+        self.assertEqual(self.resource.bodies, [])
+        self.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.flushLoggedErrors(), [])

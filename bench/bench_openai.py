@@ -108,7 +108,7 @@ def serve_proxy(demo_port: int, sse_port: int, agent_kind: str) -> None:
     from twisted.web.iweb import IAgent
 
     from lmproxy.config import Config, ServiceConfig
-    from lmproxy.interfaces import RUNNING
+    from lmproxy.interfaces import ServiceState
     from lmproxy.listen.httpforward import backend_agent
     from lmproxy.listen.openai import OpenAiApi
     from lmproxy.testing import FakeBackends
@@ -133,7 +133,7 @@ def serve_proxy(demo_port: int, sse_port: int, agent_kind: str) -> None:
     )
     backends = FakeBackends(config, started_at=reactor.seconds())
     for service in config.services:
-        backends.set_state(service.name, RUNNING)
+        backends.set_state(service.name, ServiceState.RUNNING)
     agent: IAgent
     if agent_kind == "plain":
         agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True))

@@ -1,5 +1,5 @@
 """
-Tests for L{lmproxy.demo.server}: every route and error without sockets (C{StubTreq},
+Tests for L{lmproxy.demo}: every route and error without sockets (C{StubTreq},
 C{DummyRequest}, a fake clock and reactor), then a few runs of the real process.
 """
 
@@ -27,36 +27,44 @@ from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 import lmproxy
-from lmproxy.demo.server import (
-    CRASH_EXIT_CODE,
-    EMBEDDING_DIMENSIONS,
-    DemoAPI,
-    DemoOptions,
-    DemoServer,
-    DemoSite,
-    embedding_vector,
-    parse_args,
-)
+from lmproxy.demo.answers import EMBEDDING_DIMENSIONS, embedding_vector
+from lmproxy.demo.api import DemoAPI
+from lmproxy.demo.options import CRASH_EXIT_CODE, DemoOptions, parse_args
+from lmproxy.demo.output import LineOutput
+from lmproxy.demo.server import DemoServer, DemoSite
 
 PID = 4242
 BASE = "http://demo.invalid"
 log = Logger()
 
 
-def makeAPI(**kwargs: Any) -> tuple[DemoAPI, Clock, list[str]]:
+def captureLines(test: SynchronousTestCase) -> tuple[list[str], list[str]]:
+    """
+    The lines that the demo process would print on its standard output and its
+    standard error, from now until C{test} ends.
+    """
+    lines: list[str] = []
+    errors: list[str] = []
+    observer = LineOutput(lines.append, errors.append)
+    globalLogPublisher.addObserver(observer)
+    test.addCleanup(globalLogPublisher.removeObserver, observer)
+    return lines, errors
+
+
+def makeAPI(test: SynchronousTestCase, **kwargs: Any) -> tuple[DemoAPI, Clock, list[str]]:
     """
     A L{DemoAPI} with pid L{PID}, on a fake clock that reads 1000, and its output lines.
     """
     clock = Clock()
     clock.advance(1000)
-    lines: list[str] = []
-    api = DemoAPI(clock, model=kwargs.pop("model", "demo"), output=lines.append, pid=PID, **kwargs)
+    lines, _ = captureLines(test)
+    api = DemoAPI(clock, model=kwargs.pop("model", "demo"), pid=PID, **kwargs)
     return api, clock, lines
 
 
@@ -105,7 +113,7 @@ class RouteTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.api, self.clock, self.lines = makeAPI(model="demo-model")
+        self.api, self.clock, self.lines = makeAPI(self, model="demo-model")
         self.client = StubClient(self, self.api, self.clock)
 
     def assertJSONResponse(self, response: Any, code: int) -> None:
@@ -133,7 +141,7 @@ class RouteTests(SynchronousTestCase):
         self.assertEqual(content, b"")
 
     def test_failHealth(self) -> None:
-        api, clock, _ = makeAPI(fail_health=True)
+        api, clock, _ = makeAPI(self, fail_health=True)
         self.client = StubClient(self, api, clock)
         error = self.assertError("GET", "/health", None, 503, None)
         self.assertEqual(error["type"], "unavailable_error")
@@ -157,7 +165,7 @@ class RouteTests(SynchronousTestCase):
         )
 
     def test_modelById(self) -> None:
-        api, clock, _ = makeAPI(model="org/Model+1 ü")
+        api, clock, _ = makeAPI(self, model="org/Model+1 ü")
         self.client = StubClient(self, api, clock)
         for path in ("/v1/models/org%2FModel%2B1%20%C3%BC", "/v1/models/org/Model%2B1%20%C3%BC"):
             body, response = self.client.json("GET", path)
@@ -382,7 +390,7 @@ class RouteTests(SynchronousTestCase):
         A streamed chat answer over real twisted.web is chunked SSE whose deltas add up
         to the non-streamed answer.
         """
-        api, clock, _ = makeAPI(token_delay=0.25)
+        api, clock, _ = makeAPI(self, token_delay=0.25)
         self.client = StubClient(self, api, clock)
         request = {"model": "m", "messages": [{"role": "user", "content": "hi there"}]}
         plain = self.client.json("POST", "/v1/chat/completions", request)[0]
@@ -434,7 +442,7 @@ class StreamTests(SynchronousTestCase):
         self.assertIsInstance(result, int)  # NOT_DONE_YET
 
     def test_chatEvents(self) -> None:
-        api, clock, _ = makeAPI(token_delay=0.5)
+        api, clock, _ = makeAPI(self, token_delay=0.5)
         request = dummyPost("/v1/chat/completions", self.chat)
         self.render(api, request)
         self.assertEqual(
@@ -466,7 +474,7 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(reasons, [None] * 6 + ["stop"])
 
     def test_completionEvents(self) -> None:
-        api, clock, _ = makeAPI()
+        api, clock, _ = makeAPI(self)
         request = dummyPost(
             "/v1/completions", {"model": "m", "prompt": "go", "stream": True, "max_tokens": 2}
         )
@@ -482,7 +490,7 @@ class StreamTests(SynchronousTestCase):
         )
 
     def test_includeUsage(self) -> None:
-        api, clock, _ = makeAPI()
+        api, clock, _ = makeAPI(self)
         request = dummyPost(
             "/v1/chat/completions", {**self.chat, "stream_options": {"include_usage": True}}
         )
@@ -500,7 +508,7 @@ class StreamTests(SynchronousTestCase):
         A client that leaves mid-stream stops the stream: nothing more is written or
         scheduled, and one line tells.
         """
-        api, clock, lines = makeAPI(token_delay=1.0)
+        api, clock, lines = makeAPI(self, token_delay=1.0)
         request = dummyPost("/v1/chat/completions", self.chat)
         self.render(api, request)
         clock.advance(1.0)
@@ -515,7 +523,9 @@ class StreamTests(SynchronousTestCase):
 
     def test_crashMidStream(self) -> None:
         crashed: list[DummyRequest] = []
-        api, clock, lines = makeAPI(token_delay=0.1, crash_mid_stream=True, crash=crashed.append)
+        api, clock, lines = makeAPI(
+            self, token_delay=0.1, crash_mid_stream=True, crash=crashed.append
+        )
         request = dummyPost("/v1/chat/completions", self.chat)
         self.render(api, request)
         self.assertEqual(crashed, [])
@@ -528,7 +538,7 @@ class StreamTests(SynchronousTestCase):
 
     def test_crashSparesUnstreamedAnswers(self) -> None:
         crashed: list[DummyRequest] = []
-        api, _, _ = makeAPI(crash_mid_stream=True, crash=crashed.append)
+        api, _, _ = makeAPI(self, crash_mid_stream=True, crash=crashed.append)
         request = dummyPost("/v1/chat/completions", {**self.chat, "stream": False})
         request.render(api)
         self.assertEqual(request.finished, 1)
@@ -541,8 +551,8 @@ class SiteTests(SynchronousTestCase):
     """
 
     def test_requestLine(self) -> None:
-        api, clock, lines = makeAPI()
-        site = DemoSite(api, lines.append, reactor=clock)
+        api, clock, lines = makeAPI(self)
+        site = DemoSite(api, reactor=clock)
         protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8000))
         transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 5555))
         protocol.makeConnection(transport)
@@ -575,13 +585,10 @@ class ServerTests(SynchronousTestCase):
 
     def makeServer(self, reactor: MemoryReactorClock | None = None, **options: Any) -> None:
         self.reactor = reactor or MemoryReactorClock()
-        self.lines: list[str] = []
-        self.errors: list[str] = []
+        self.lines, self.errors = captureLines(self)
         self.server = DemoServer(
             self.reactor,  # type: ignore[arg-type]
             DemoOptions(**{"port": 8123, **options}),
-            self.lines.append,
-            self.errors.append,
             pid=PID,
         )
         self.server.start()

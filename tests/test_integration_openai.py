@@ -1,6 +1,6 @@
 """
-Integration tests of the OpenAI-compatible port (issue 3): a real ``twistd -n
-lmproxy``, demo model servers as real subprocesses, and the official ``openai``
+Integration tests of the OpenAI-compatible port (issue 3): a real C{twistd -n
+lmproxy}, demo model servers as real subprocesses, and the official C{openai}
 client (its blocking client, in a thread) as the user of the port.
 """
 
@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from lmproxy.demo.server import embedding_vector
+from lmproxy.demo.answers import embedding_vector
 from tests.harness import (
     Lmproxy,
     delta_texts,
@@ -36,7 +36,7 @@ ERROR_KEYS = {"message", "type", "param", "code"}
 
 
 def _answer_pid(text: str, model: str) -> int:
-    """The pid in a demo answer, which reads ``demo(MODEL) pid PID: ...``."""
+    """The pid in a demo answer, which reads C{demo(MODEL) pid PID: ...}."""
     match = re.match(rf"demo\({re.escape(model)}\) pid (\d+): ", text)
     if match is None:
         raise AssertionError(f"not an answer of the demo's model {model!r}: {text!r}")
@@ -44,7 +44,7 @@ def _answer_pid(text: str, model: str) -> int:
 
 
 def _started_pids(lmproxy: Lmproxy, service: str = r"[^ ]+") -> list[int]:
-    """The pids lmproxy spawned for ``service`` (default: any), from its "started" lines."""
+    """The pids lmproxy spawned for C{service} (default: any), from its "started" lines."""
     return [
         int(pid)
         for pid in re.findall(rf"\] {service}: started \[.*\] as pid (\d+)", lmproxy.output)
@@ -60,7 +60,7 @@ def _chat(client: openai.OpenAI, model: str, text: str = "hi") -> tuple[str, int
 
 
 def _status_error(client: openai.OpenAI, model: str) -> openai.APIStatusError:
-    """The error a chat with ``model`` fails with."""
+    """The error a chat with C{model} fails with."""
     try:
         answer = client.chat.completions.create(model=model, messages=user_message("hi"))
     except openai.APIStatusError as e:
@@ -74,7 +74,7 @@ class OpenAiPortTests(TestCase):
     timeout = 60
 
     def client(self, port: int, timeout: float = 30) -> openai.OpenAI:
-        """An openai client for ``port``, closed at the end of the test."""
+        """An openai client for C{port}, closed at the end of the test."""
         client = openai_client(port, timeout)
         self.addCleanup(client.close)
         return client

@@ -1,7 +1,7 @@
-"""``python -m lmproxy.demo``: run the demo model server."""
+"""C{python -m lmproxy.demo}: run the demo model server (see L{lmproxy.demo.main})."""
 
 import sys
 
-from lmproxy.demo.server import main
+from lmproxy.demo.main import main
 
 sys.exit(main())

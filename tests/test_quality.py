@@ -1,13 +1,18 @@
 """
 The code's own standards as tests, so that the one test command checks them:
-ruff (lint and format) and mypy over the package.
+ruff (lint and format) and mypy over the package, docstrings in one markup
+(epytext, checked by pydoctor), README.rst that renders, and CI running
+README's test command.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
+import re
 import sys
+from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
@@ -30,6 +35,25 @@ def _module(name: str) -> list[str]:
     return [sys.executable, "-m", name]
 
 
+_REST = re.compile(
+    r"``|^\s*:(?:param|type|returns?|rtype|raises?)\b|:(?:class|func|meth|mod|attr):`|^\s*\.\. \w",
+    re.M,
+)
+
+
+def _docstrings(root: os.PathLike[str]) -> list[tuple[str, int, str]]:
+    """(path, line, text) of every docstring of every module under C{root}."""
+    found = []
+    for path in sorted(Path(root).rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                text = ast.get_docstring(node, clean=False)
+                if text is not None:
+                    found.append((str(path.relative_to(PROJECT_ROOT)), node.body[0].lineno, text))
+    return found
+
+
 class QualityTests(TestCase):
     """Lint, format and type checks of the whole project."""
 
@@ -48,6 +72,31 @@ class QualityTests(TestCase):
     async def test_mypy(self) -> None:
         code, output = await _run(*_module("mypy"), "lmproxy")
         self.assertEqual(code, 0, output)
+
+    async def test_docstrings_are_epytext(self) -> None:
+        """pydoctor finds no epytext error and no L{} link it cannot resolve."""
+        output_dir = self.mktemp()
+        code, output = await _run(
+            *_module("pydoctor"),
+            "--docformat=epytext",
+            "--warnings-as-errors",
+            "--quiet",
+            f"--html-output={output_dir}",
+            "lmproxy",
+        )
+        self.assertEqual(code, 0, output)
+
+    def test_no_rest_markup_in_docstrings(self) -> None:
+        """
+        Docstrings are epytext (C{code}, L{link}, @param), never reST
+        (double backquotes, C{:param:} fields, roles, directives).
+        """
+        found = [
+            f"{path}:{line}: {markup!r}"
+            for path, line, text in _docstrings(PROJECT_ROOT / "lmproxy")
+            for markup in _REST.findall(text)
+        ]
+        self.assertEqual(found, [])
 
     async def test_readme_renders(self) -> None:
         """README.rst is valid reStructuredText (a broken table fails here)."""

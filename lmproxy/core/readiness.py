@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from twisted.internet import abstract
 from twisted.internet.defer import Deferred, race
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IReactorCore, IReactorTCP
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IConnector, IReactorCore, IReactorTCP
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from lmproxy.config import ServiceConfig
 from lmproxy.core.groups import GroupSignaller
@@ -68,18 +68,46 @@ async def resolve_host(reactor: ReadinessReactor, host: str) -> str:
     return await reactor.resolve(host)
 
 
-class _ProbeFactory(Factory):
-    protocol = Protocol
+class _HangUp(Protocol):
+    def connectionMade(self) -> None:
+        assert self.transport is not None and isinstance(self.factory, _Probe)
+        self.transport.loseConnection()
+        self.factory.connected()
+
+
+class _Probe(ClientFactory):
+    """
+    One connection attempt that hangs up once connected.  A factory for
+    C{connectTCP} rather than an endpoint: C{twisted.internet.endpoints}
+    imports TLS (about a third of lmproxy's imports), and nothing on the way
+    to the first listener may wait for that.
+    """
+
+    protocol = _HangUp
     noisy = False  # one probe every few milliseconds while a service starts
+
+    def __init__(self) -> None:
+        self.connector: IConnector | None = None
+        self.result: Deferred[None] = Deferred(self._cancel)
+
+    def connected(self) -> None:
+        if not self.result.called:
+            self.result.callback(None)
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        if not self.result.called:
+            self.result.errback(reason)
+
+    def _cancel(self, result: Deferred[None]) -> None:
+        if self.connector is not None:
+            self.connector.stopConnecting()
 
 
 async def probe_port(reactor: ReadinessReactor, host: str, port: int, timeout: float) -> None:
-    """Connect to C{host:port} and hang up; raises ConnectError when refused."""
-    endpoint_class = TCP6ClientEndpoint if abstract.isIPv6Address(host) else TCP4ClientEndpoint
-    endpoint = endpoint_class(reactor, host, port, timeout=timeout)
-    protocol = await endpoint.connect(_ProbeFactory())
-    assert isinstance(protocol, Protocol) and protocol.transport is not None
-    protocol.transport.loseConnection()
+    """Connect to C{host:port} and hang up; raises C{ConnectError} when refused."""
+    probe = _Probe()
+    probe.connector = reactor.connectTCP(host, port, probe, timeout=timeout)
+    await probe.result
 
 
 async def wait_until_ready(

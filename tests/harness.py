@@ -30,6 +30,18 @@ if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+HTML_SINKS = [
+    "innerHTML",
+    "outerHTML",
+    "insertAdjacentHTML",
+    "document.write",
+    "createContextualFragment",
+    "DOMParser",
+    "eval(",
+    "new Function",
+]
+"""The ways a page's script can put a string into the page as markup, or run it as code."""
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 

@@ -23,23 +23,12 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import FailTest, SkipTest, TestCase
 
 from lmproxy.interfaces import ServiceState
-from tests.harness import PROJECT_ROOT
+from tests.harness import HTML_SINKS, PROJECT_ROOT
 from tests.test_management import ApiCase
 
 DASHBOARD = PROJECT_ROOT / "lmproxy" / "manage" / "dashboard"
 JS_TESTS = PROJECT_ROOT / "tests" / "js"
 JS_TYPE = "text/javascript; charset=utf-8"
-# The ways to put a string into a page as markup, or to run one as code.
-SINKS = [
-    "innerHTML",
-    "outerHTML",
-    "insertAdjacentHTML",
-    "document.write",
-    "createContextualFragment",
-    "DOMParser",
-    "eval(",
-    "new Function",
-]
 # Static imports and re-exports: `import {a} from "./a.js"`, `export * from "./b.js"`.
 _IMPORT = re.compile(r"""^\s*(?:import|export)\b[^'"]*?\bfrom\s*["']([^"']+)["']""", re.M | re.S)
 _COMMENTS = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
@@ -128,7 +117,7 @@ class ModuleFilesTests(ApiCase):
         """The DOM is built with textContent and Text nodes only, in every module."""
         for path in modules():
             code = _COMMENTS.sub("", path.read_text(encoding="utf-8"))
-            for sink in SINKS:
+            for sink in HTML_SINKS:
                 self.assertNotIn(sink, code, path.name)
 
     def test_house_style(self) -> None:

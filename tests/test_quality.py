@@ -75,7 +75,7 @@ class QualityTests(TestCase):
 
     async def test_docstrings_are_epytext(self) -> None:
         """pydoctor finds no epytext error and no L{} link it cannot resolve."""
-        output_dir = self.mktemp()
+        output_dir = os.path.abspath(self.mktemp())
         code, output = await _run(
             *_module("pydoctor"),
             "--docformat=epytext",

@@ -161,10 +161,10 @@ class ManagementApi:
         return self._json(request, code, body)
 
     def _service_json(self, name: str) -> JSONObject | None:
-        for service in self._backends.snapshot().services:
-            if service.name == name:
-                return service_json(service)
-        return None
+        try:
+            return service_json(self._backends.service_status(name))
+        except UnknownService:
+            return None
 
     def _cross_origin(self, request: IRequest) -> bool:
         """

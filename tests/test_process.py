@@ -391,6 +391,21 @@ class ServiceProcessOutputTests(ServiceProcessTestCase):
 class ServiceProcessExitTests(ServiceProcessTestCase):
     """How L{ServiceProcess} reports the end of its process."""
 
+    def test_exit_during_spawn(self) -> None:
+        """
+        A process reaped before C{spawnProcess} returns keeps its pid (its
+        group's id) and is known to have exited; the start log line has it.
+        """
+        self.reactor.exit_during_spawn["--port"] = 1
+        with capturedLogs() as events:
+            service, process = self.spawn()
+        self.assertIsNone(process.transport.pid)
+        self.assertEqual(service.pid, process.pid)
+        self.successResultOf(service.when_exited())
+        self.assertEqual(service.exit_description, "exited with status 1")
+        started = [e for e in events if "argv" in e]
+        self.assertEqual([e["pid"] for e in started], [process.pid])
+
     def test_when_exited(self) -> None:
         """C{when_exited} fires when the process exits, at once after that."""
         service, process = self.spawn()
@@ -686,6 +701,17 @@ class RunShellTests(SynchronousTestCase):
         self.assertEqual(process.env, dict(os.environ))
         self.assertTrue(process.transport.stdin_closed)
         process.exit(0)
+
+    def test_exit_during_spawn(self) -> None:
+        """
+        A command reaped before C{spawnProcess} returns (its transport's pid
+        is gone by then) still reports its status, and its group is known.
+        """
+        self.reactor.exit_during_spawn["fast"] = 3
+        d = self.shell("fast")
+        self.assertEqual(self.successResultOf(d), ShellResult(3, "", False))
+        [process] = self.reactor.processes
+        self.assertIsNone(process.transport.pid)
 
     def test_output_and_status(self) -> None:
         """Stdout and stderr are captured together; the exit status is reported."""

@@ -342,6 +342,18 @@ class HealthcheckTests(SupervisorTestCase):
         self.assertEqual(len(self.shells(self.HC)), 2)
         self.assertEqual(self.reactor.signals, [])
 
+    def test_healthcheck_exits_during_spawn(self) -> None:
+        """
+        A healthcheck so quick that it is reaped before its spawn returns is
+        a healthcheck like any other: passing, the port is probed next.
+        """
+        self.reactor.exit_during_spawn[self.HC] = 0
+        self.supervise([self.service("A", healthcheck_command=self.HC)])
+        d = self.acquire("A")
+        self.assertEqual(self.probes(), [(HOST, 9001)])
+        self.ready("A")
+        self.successResultOf(d)
+
     def test_process_dies_during_healthcheck(self) -> None:
         """
         With ConsiderStoppedOnProcessExit (the default), the process exiting

@@ -58,6 +58,12 @@ class _ServiceProtocol(ProcessProtocol):
     def __init__(self, owner: ServiceProcess) -> None:
         self.owner = owner
 
+    def connectionMade(self) -> None:
+        # Here, not after spawnProcess returns: a process that exits at once may
+        # be reaped (and its transport's pid cleared) before spawnProcess returns.
+        assert self.transport is not None and self.transport.pid is not None
+        self.owner._spawned(self.transport.pid)
+
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self.owner._output(childFD, data)
 
@@ -98,6 +104,7 @@ class ServiceProcess:
         self._splitters = {1: LineSplitter(), 2: LineSplitter()}
         self._transport: IProcessTransport | None = None
         self._kill_command_run: Deferred[ShellResult] | None = None
+        self._argv: list[str] = []
 
     @property
     def pid(self) -> int | None:
@@ -120,6 +127,7 @@ class ServiceProcess:
         except OSError as e:
             self._close_log()
             raise StartError(f"cannot open {os.devnull}: {e}") from None
+        self._argv = [executable, *argv]
         try:
             self._transport = self._reactor.spawnProcess(
                 _ServiceProtocol(self),
@@ -134,15 +142,16 @@ class ServiceProcess:
             raise StartError(f"cannot spawn {executable!r}: {e}") from None
         finally:
             os.close(devnull)
-        assert self._transport.pid is not None
-        self.group.started(self._transport.pid)
+
+    def _spawned(self, pid: int) -> None:
+        self.group.started(pid)
         if self._registry is not None:
-            self._registry.add(self._transport.pid)
+            self._registry.add(pid)
         self.log.info(
             "{service}: started {argv} as pid {pid}",
-            service=config.name,
-            argv=[executable, *argv],
-            pid=self.pid,
+            service=self._config.name,
+            argv=self._argv,
+            pid=pid,
         )
 
     def when_exited(self) -> Deferred[None]:

@@ -43,6 +43,12 @@ class _CapturingProtocol(ProcessProtocol):
         self.output = bytearray()
         self.ended: Deferred[None] = Deferred()
 
+    def connectionMade(self) -> None:
+        # Here, not after spawnProcess returns: a command that exits at once may
+        # be reaped (and its transport's pid cleared) before spawnProcess returns.
+        assert self.transport is not None and self.transport.pid is not None
+        self.group.started(self.transport.pid)
+
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         room = MAX_CAPTURE_BYTES - len(self.output)
         if room > 0:
@@ -81,8 +87,6 @@ async def run_shell(
         )
     except OSError as e:
         return ShellResult(None, f"cannot run it: {e}")
-    assert transport.pid is not None
-    group.started(transport.pid)
     transport.closeStdin()
     exit_code: int | None = None
     exited = group.when_leader_exits()

@@ -123,6 +123,12 @@ class MemoryProcessReactor(MemoryReactorClock):
 
     C{on_signal} decides what a signal does; by default SIGTERM and SIGKILL
     end the process and its group at once.
+
+    C{exit_during_spawn} maps a word of a command line to an exit status: a
+    process whose command has that word exits before C{spawnProcess}
+    returns, as a real one that is reaped at once does (Twisted then calls
+    C{processExited} from inside C{spawnProcess}, and the transport's pid is
+    C{None} by the time it returns).
     """
 
     def __init__(self) -> None:
@@ -133,6 +139,7 @@ class MemoryProcessReactor(MemoryReactorClock):
         self._answered: set[ClientFactory] = set()
         self._connectors: dict[ClientFactory, IConnector] = {}
         self.on_signal: Callable[[FakeProcess, int], None] = _exit_on_fatal_signal
+        self.exit_during_spawn: dict[str, int] = {}
 
     def spawnProcess(  # type: ignore[override]
         self,
@@ -158,6 +165,10 @@ class MemoryProcessReactor(MemoryReactorClock):
             child_fds=childFDs,
         )
         self.processes.append(process)
+        for word, code in self.exit_during_spawn.items():
+            if word in process.command:
+                process.exit(code)
+                break
         return process.transport
 
     def signal_group(self, pgid: int, signum: int) -> None:

@@ -157,15 +157,19 @@ class ServiceStatus:
 
 @frozen
 class ResourceStatus:
-    """One resource as /status shows it."""
+    """
+    One resource as /status shows it.  The fields named as upstream's carry
+    upstream's meanings; L{available} is lmproxy's own.
+    """
 
     name: str
-    total: int | None  # None for measured (CheckCommand) resources
+    total: int | None  # its Amount, None when it has none (measured only)
     measured: int | None  # last CheckCommand value, None when static or not measured yet
     reserved_by_starting_services: int
-    in_use: int
-    free: int | None
+    in_use: int  # held by starting and running services
+    free: int | None  # measured: the last measurement; static: total less in_use
     usage_by_service: Mapping[str, int]
+    available: int | None  # what a service could take now: free less reservations
 
 
 @frozen

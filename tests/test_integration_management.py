@@ -202,6 +202,7 @@ class ManagementIntegrationTests(TestCase):
                     "reserved_by_starting_services": 0,
                     "in_use": 0,
                     "free": 10,
+                    "available": 10,
                     "usage_by_service": {},
                 }
             },
@@ -224,7 +225,7 @@ class ManagementIntegrationTests(TestCase):
         self.assertIsNotNone(a["last_used"])
         ram = starting[0]["resources"]["RAM"]
         self.assertEqual(
-            (ram["reserved_by_starting_services"], ram["in_use"], ram["free"]), (6, 0, 4)
+            (ram["reserved_by_starting_services"], ram["in_use"], ram["free"]), (6, 6, 4)
         )
         self.assertEqual(ram["usage_by_service"], {"a": 6})
         self.assertEqual(starting[0]["running_services"], [])
@@ -267,7 +268,7 @@ class ManagementIntegrationTests(TestCase):
             (r["reserved_by_starting_services"], r["in_use"], r["free"])
             for r in events.named("resource")
         ]
-        self.assertEqual(ram_updates, [(6, 0, 4), (0, 6, 4)])
+        self.assertEqual(ram_updates, [(6, 6, 4), (0, 6, 4)])
 
         # a's client leaves; a client of b comes: a is evicted to make room.
         client_a.close()

@@ -273,6 +273,7 @@ class StatusTests(ApiCase):
                 "reserved_by_starting_services": 12,
                 "in_use": 10,
                 "free": 14,
+                "available": 14,
                 "usage_by_service": {ALPHA: 10},
             },
         )

@@ -106,6 +106,7 @@ class MetricsTests(ApiCase):
         self.assertEqual(self.value("lmproxy_resource_free", resource="VRAM"), 14)
         self.assertEqual(self.value("lmproxy_resource_total", resource="VRAM"), 24)
         self.assertEqual(self.value("lmproxy_resource_free", resource="RAM"), 26)
+        self.assertEqual(self.value("lmproxy_resource_available", resource="VRAM"), 14)
         self.assertEqual(self.value("lmproxy_resource_measured", resource="RAM"), 30)
         self.assertEqual(self.value("lmproxy_resource_usage", resource="VRAM", service=ALPHA), 10)
         families = self.scrape()

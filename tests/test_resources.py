@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lmproxy.config import ResourceConfig
 from lmproxy.core.resources import Ledger, plan_eviction
+from lmproxy.interfaces import ResourceStatus
 
 Candidates = list[tuple[str, Mapping[str, int]]]
 
@@ -43,11 +44,12 @@ class StaticLedgerTests(SynchronousTestCase):
         self.assertEqual(self.ledger.holding("A"), {})
 
     def test_hold_reserves_while_starting(self) -> None:
-        """A starting service's amounts are reserved, not in use, and not free."""
+        """A starting service's amounts are reserved, in use (as upstream counts) and not free."""
         self.ledger.hold("A", {"RAM": 30, "CPU": 2})
         self.assertEqual(self.ledger.reserved_by_starting("RAM"), 30)
-        self.assertEqual(self.ledger.in_use("RAM"), 0)
+        self.assertEqual(self.ledger.in_use("RAM"), 30)
         self.assertEqual(self.ledger.free("RAM"), 70)
+        self.assertEqual(self.ledger.available("RAM"), 70)
         self.assertEqual(self.ledger.free("CPU"), 6)
         self.assertEqual(self.ledger.holding("A"), {"RAM": 30, "CPU": 2})
 
@@ -90,10 +92,10 @@ class StaticLedgerTests(SynchronousTestCase):
         self.ledger.hold("C", {"CPU": 1})
         self.ledger.mark_running("A")
         self.assertEqual(self.ledger.reserved_by_starting("RAM"), 20)
-        self.assertEqual(self.ledger.in_use("RAM"), 30)
+        self.assertEqual(self.ledger.in_use("RAM"), 50)
         self.assertEqual(self.ledger.free("RAM"), 50)
         self.assertEqual(self.ledger.reserved_by_starting("CPU"), 1)
-        self.assertEqual(self.ledger.in_use("CPU"), 2)
+        self.assertEqual(self.ledger.in_use("CPU"), 3)
         self.assertEqual(self.ledger.free("CPU"), 5)
         self.assertEqual(self.ledger.usage_by_service("RAM"), {"A": 30, "B": 20})
         self.assertEqual(self.ledger.usage_by_service("CPU"), {"A": 2, "C": 1})
@@ -112,7 +114,10 @@ class StaticLedgerTests(SynchronousTestCase):
 
 
 class MeasuredLedgerTests(SynchronousTestCase):
-    """A measured resource: free = measured - reserved by starting services."""
+    """
+    A measured resource: free is the measurement (as upstream), available is
+    the measurement less what starting services reserved.
+    """
 
     def setUp(self) -> None:
         self.ledger = static_and_measured()
@@ -125,6 +130,7 @@ class MeasuredLedgerTests(SynchronousTestCase):
     def test_no_value_yet(self) -> None:
         """Before its first check a measured resource has no free amount."""
         self.assertIsNone(self.ledger.free("VRAM"))
+        self.assertIsNone(self.ledger.available("VRAM"))
         self.assertEqual(self.ledger.shortfall({"VRAM": 10}, ["VRAM"]), {"VRAM": 10})
 
     def test_failed_check(self) -> None:
@@ -133,13 +139,14 @@ class MeasuredLedgerTests(SynchronousTestCase):
         self.assertIsNone(self.ledger.free("VRAM"))
         self.assertEqual(self.ledger.shortfall({"VRAM": 10}, ["VRAM"]), {"VRAM": 10})
 
-    def test_free_is_measured_minus_reserved(self) -> None:
+    def test_available_is_measured_minus_reserved(self) -> None:
         """Starting services' reservations are subtracted from the measurement."""
         self.ledger.measured["VRAM"] = 1000
         self.ledger.hold("A", {"VRAM": 300, "RAM": 10})
-        self.assertEqual(self.ledger.free("VRAM"), 700)
+        self.assertEqual(self.ledger.free("VRAM"), 1000)
+        self.assertEqual(self.ledger.available("VRAM"), 700)
         self.assertEqual(self.ledger.reserved_by_starting("VRAM"), 300)
-        self.assertEqual(self.ledger.in_use("VRAM"), 0)
+        self.assertEqual(self.ledger.in_use("VRAM"), 300)
         self.assertEqual(self.ledger.shortfall({"VRAM": 800}, ["VRAM"]), {"VRAM": 100})
         self.assertEqual(self.ledger.shortfall({"VRAM": 700}, ["VRAM"]), {})
 
@@ -149,17 +156,45 @@ class MeasuredLedgerTests(SynchronousTestCase):
         self.ledger.hold("A", {"VRAM": 300, "RAM": 10})
         self.ledger.mark_running("A")
         self.assertEqual(self.ledger.free("VRAM"), 1000)
+        self.assertEqual(self.ledger.available("VRAM"), 1000)
         self.assertEqual(self.ledger.in_use("VRAM"), 300)
         self.assertEqual(self.ledger.usage_by_service("VRAM"), {"A": 300})
         # The static resource is still accounted for by lmproxy.
         self.assertEqual(self.ledger.free("RAM"), 90)
 
-    def test_negative_free(self) -> None:
-        """A measurement below what starting services reserved gives a negative free."""
+    def test_negative_available(self) -> None:
+        """A measurement below what starting services reserved leaves a negative amount."""
         self.ledger.measured["VRAM"] = 100
         self.ledger.hold("A", {"VRAM": 300})
-        self.assertEqual(self.ledger.free("VRAM"), -200)
+        self.assertEqual(self.ledger.free("VRAM"), 100)
+        self.assertEqual(self.ledger.available("VRAM"), -200)
         self.assertEqual(self.ledger.shortfall({"VRAM": 50}, ["VRAM"]), {"VRAM": 250})
+
+    def test_status_has_upstreams_meanings(self) -> None:
+        """
+        C{/status} of a measured resource: total is its Amount, in use counts
+        starting services, free is the raw measurement; available is lmproxy's.
+        """
+        ledger = Ledger.from_config(
+            [ResourceConfig("VRAM", 24, check_command="nvidia-free", check_interval=1.0)]
+        )
+        ledger.measured["VRAM"] = 11
+        ledger.hold("A", {"VRAM": 10})
+        ledger.hold("B", {"VRAM": 3})
+        ledger.mark_running("B")
+        self.assertEqual(
+            ledger.status("VRAM", [("C", {"VRAM": 5})]),
+            ResourceStatus(
+                name="VRAM",
+                total=24,
+                measured=11,
+                reserved_by_starting_services=10,
+                in_use=13,
+                free=11,
+                usage_by_service={"A": 10, "B": 3, "C": 5},
+                available=1,
+            ),
+        )
 
     def test_shortfall_of_chosen_resources_only(self) -> None:
         """Static resources can be checked without looking at measured ones."""

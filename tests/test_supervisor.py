@@ -1382,7 +1382,7 @@ class MeasuredResourceTests(SupervisorTestCase):
         check.exit(0)
         self.assertEqual(
             self.resource("VRAM"),
-            ResourceStatus("VRAM", None, 10000, 0, 0, 10000, {}),
+            ResourceStatus("VRAM", None, 10000, 0, 0, 10000, {}, 10000),
         )
 
     def test_bad_output(self) -> None:
@@ -1424,12 +1424,14 @@ class MeasuredResourceTests(SupervisorTestCase):
         self.measure(b"9000\n")
         self.assertEqual(self.state("A"), ServiceState.STARTING)
         self.assertEqual(
-            self.resource("VRAM"), ResourceStatus("VRAM", None, 9000, 4000, 0, 5000, {"A": 4000})
+            self.resource("VRAM"),
+            ResourceStatus("VRAM", None, 9000, 4000, 4000, 9000, {"A": 4000}, 5000),
         )
         self.ready("A")
         self.successResultOf(d)
         self.assertEqual(
-            self.resource("VRAM"), ResourceStatus("VRAM", None, 9000, 0, 4000, 9000, {"A": 4000})
+            self.resource("VRAM"),
+            ResourceStatus("VRAM", None, 9000, 0, 4000, 9000, {"A": 4000}, 9000),
         )
 
     def test_rechecked_while_not_enough(self) -> None:
@@ -1583,7 +1585,7 @@ class StatusTests(SupervisorTestCase):
         self.assertEqual(snapshot.started_at, T0)
         self.assertEqual(snapshot.services[0], stopped)
         self.assertEqual([s.name for s in snapshot.services], ["A", "B"])
-        self.assertEqual(snapshot.resources, (ResourceStatus("VRAM", 10, None, 0, 0, 10, {}),))
+        self.assertEqual(snapshot.resources, (ResourceStatus("VRAM", 10, None, 0, 0, 10, {}, 10),))
 
         # B busy: A waits for resources.
         b_lease = self.lease("B")
@@ -1599,7 +1601,7 @@ class StatusTests(SupervisorTestCase):
             ),
         )
         self.assertEqual(
-            self.resource("VRAM"), ResourceStatus("VRAM", 10, None, 0, 6, 4, {"B": 6, "A": 6})
+            self.resource("VRAM"), ResourceStatus("VRAM", 10, None, 0, 6, 4, {"B": 6, "A": 6}, 4)
         )
 
         # B released and evicted: A starts.
@@ -1612,7 +1614,9 @@ class StatusTests(SupervisorTestCase):
         self.assertEqual(self.status("A"), starting)
         self.assertEqual(self.status("B").evictions, 1)
         self.assertEqual(self.status("B").last_used, T0 + 2)
-        self.assertEqual(self.resource("VRAM"), ResourceStatus("VRAM", 10, None, 6, 0, 4, {"A": 6}))
+        self.assertEqual(
+            self.resource("VRAM"), ResourceStatus("VRAM", 10, None, 6, 6, 4, {"A": 6}, 4)
+        )
 
         # Ready: the waiter is served.
         self.reactor.advance(1)
@@ -1627,7 +1631,9 @@ class StatusTests(SupervisorTestCase):
             starts=1,
         )
         self.assertEqual(self.status("A"), running)
-        self.assertEqual(self.resource("VRAM"), ResourceStatus("VRAM", 10, None, 0, 6, 4, {"A": 6}))
+        self.assertEqual(
+            self.resource("VRAM"), ResourceStatus("VRAM", 10, None, 0, 6, 4, {"A": 6}, 4)
+        )
 
         # Released, stopped on request: stopping while the KillCommand runs.
         self.reactor.advance(1)
@@ -1637,10 +1643,12 @@ class StatusTests(SupervisorTestCase):
             self.status("A"),
             evolve(running, status=ServiceState.STOPPING, proxied_connections=0, last_used=T0 + 4),
         )
-        self.assertEqual(self.resource("VRAM"), ResourceStatus("VRAM", 10, None, 0, 6, 4, {"A": 6}))
+        self.assertEqual(
+            self.resource("VRAM"), ResourceStatus("VRAM", 10, None, 0, 6, 4, {"A": 6}, 4)
+        )
         self.shell("stop-A").exit(0)
         self.assertEqual(self.status("A"), evolve(stopped, last_used=T0 + 4, starts=1))
-        self.assertEqual(self.resource("VRAM"), ResourceStatus("VRAM", 10, None, 0, 0, 10, {}))
+        self.assertEqual(self.resource("VRAM"), ResourceStatus("VRAM", 10, None, 0, 0, 10, {}, 10))
 
     def test_status_changes_coalesced(self) -> None:
         """A burst of changes in one reactor turn makes one notification."""

@@ -5,7 +5,8 @@ which idle services to stop to make room.  Pure: no reactor, no I/O.
 A resource is either *static* (its C{Amount} is the whole supply and lmproxy
 does the accounting) or *measured* (a C{CheckCommand} reports what is free
 right now; lmproxy subtracts only what starting services have reserved, since
-running ones already show up in the measurement).
+running ones already show up in the measurement).  What a service may take
+now is L{Ledger.available}; L{Ledger.status} reports upstream's figures too.
 """
 
 from __future__ import annotations
@@ -68,17 +69,30 @@ class Ledger:
         return sum(h.amounts.get(resource, 0) for h in self._holdings.values() if h.starting)
 
     def in_use(self, resource: str) -> int:
-        return sum(h.amounts.get(resource, 0) for h in self._holdings.values() if not h.starting)
+        """What starting and running services hold (upstream's C{in_use})."""
+        return sum(h.amounts.get(resource, 0) for h in self._holdings.values())
 
     def free(self, resource: str) -> int | None:
-        """What a new service could take now; None while a measured resource has no value."""
-        reserved = self.reserved_by_starting(resource)
+        """
+        Upstream's C{free}: the last measurement of a measured resource (None
+        while it has none), the C{Amount} less L{in_use} of a static one.
+        """
         if self.is_measured(resource):
-            value = self.measured.get(resource)
-            return None if value is None else value - reserved
+            return self.measured.get(resource)
         amount = self.resources[resource].amount
         assert amount is not None, "a static resource always has an Amount"
-        return amount - reserved - self.in_use(resource)
+        return amount - self.in_use(resource)
+
+    def available(self, resource: str) -> int | None:
+        """
+        What a new service could take now: L{free}, less what starting
+        services reserved of a measured one (their use does not show in the
+        measurement yet); None while a measured resource has no value.
+        """
+        free = self.free(resource)
+        if free is None or not self.is_measured(resource):
+            return free
+        return free - self.reserved_by_starting(resource)
 
     def status(
         self, resource: str, waiting: Iterable[tuple[str, Mapping[str, int]]] = ()
@@ -91,15 +105,15 @@ class Ledger:
         for service, requirements in waiting:
             if resource in requirements:
                 usage.setdefault(service, requirements[resource])
-        measured = self.is_measured(resource)
         return ResourceStatus(
             name=resource,
-            total=None if measured else self.resources[resource].amount,
-            measured=self.measured.get(resource) if measured else None,
+            total=self.resources[resource].amount,
+            measured=self.measured.get(resource) if self.is_measured(resource) else None,
             reserved_by_starting_services=self.reserved_by_starting(resource),
             in_use=self.in_use(resource),
             free=self.free(resource),
             usage_by_service=usage,
+            available=self.available(resource),
         )
 
     def static_shortfall(self, requirements: Mapping[str, int]) -> dict[str, int]:
@@ -127,7 +141,7 @@ class Ledger:
             need = requirements.get(resource, 0)
             if need <= 0:
                 continue
-            free = self.free(resource)
+            free = self.available(resource)
             available = 0 if free is None else free
             if need > available:
                 missing[resource] = need - available

@@ -79,13 +79,19 @@ class _SnapshotCollector(Collector):
         def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, labels=("resource", *extra))
 
-        total = gauge("lmproxy_resource_total", "Configured amount (static resources).")
+        total = gauge("lmproxy_resource_total", "Configured Amount.")
         measured = gauge("lmproxy_resource_measured", "Last CheckCommand value.")
         reserved = gauge(
             "lmproxy_resource_reserved_by_starting_services", "Held by services still starting."
         )
-        in_use = gauge("lmproxy_resource_in_use", "Held by services.")
-        free = gauge("lmproxy_resource_free", "Available to start another service.")
+        in_use = gauge("lmproxy_resource_in_use", "Held by starting and running services.")
+        free = gauge(
+            "lmproxy_resource_free", "Measured: the last measurement; static: total less in use."
+        )
+        available = gauge(
+            "lmproxy_resource_available",
+            "What a service could take now: free less what starting services reserved.",
+        )
         usage = gauge(
             "lmproxy_resource_usage", "Held, or waited for, by one service.", ("service",)
         )
@@ -98,9 +104,11 @@ class _SnapshotCollector(Collector):
             in_use.add_metric([r.name], r.in_use)
             if r.free is not None:
                 free.add_metric([r.name], r.free)
+            if r.available is not None:
+                available.add_metric([r.name], r.available)
             for service, amount in r.usage_by_service.items():
                 usage.add_metric([r.name, service], amount)
-        yield from (total, measured, reserved, in_use, free, usage)
+        yield from (total, measured, reserved, in_use, free, available, usage)
 
 
 @implementer(IStatusObserver)

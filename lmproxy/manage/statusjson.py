@@ -53,7 +53,11 @@ def service_json(service: ServiceStatus) -> JSONObject:
 
 
 def resource_json(resource: ResourceStatus) -> JSONObject:
-    """One resource as C{/status} maps it; C{measured} is null for static resources."""
+    """
+    One resource as C{/status} maps it: upstream's fields with upstream's
+    meanings, and C{available} (lmproxy's own: what a service could take now).
+    C{measured} is null for static resources.
+    """
     return {
         "name": resource.name,
         "total": resource.total,
@@ -61,6 +65,7 @@ def resource_json(resource: ResourceStatus) -> JSONObject:
         "reserved_by_starting_services": resource.reserved_by_starting_services,
         "in_use": resource.in_use,
         "free": resource.free,
+        "available": resource.available,
         "usage_by_service": dict(resource.usage_by_service),
     }
 

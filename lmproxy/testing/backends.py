@@ -203,6 +203,7 @@ class FakeBackends:
             in_use=in_use,
             free=None if r.amount is None else r.amount - in_use,
             usage_by_service=usage,
+            available=None if r.amount is None else r.amount - in_use,
         )
 
     def snapshot(self) -> Snapshot:

@@ -23,17 +23,18 @@ const VRAM = {
   reserved_by_starting_services: 9000,
   in_use: 21000,
   free: 3000,
+  available: 3000,
   usage_by_service: { zeta: 12000, qwen: 9000, "<b>x</b>": 20000 },
 };
 const STATES = { zeta: "running", qwen: "starting", "<b>x</b>": "waiting_for_resources" };
 const stateOf = (name) => STATES[name];
 
-test("the bar's scale: the total, else free, in use and reserved together", () => {
+test("the bar's scale: the total, else available and in use together", () => {
   assert.equal(barScale(VRAM), 24000);
-  const measured = { total: null, free: 5000, in_use: 3000, reserved_by_starting_services: 1000 };
+  const measured = { total: null, free: 6000, available: 5000, in_use: 4000 };
   assert.equal(barScale(measured), 9000);
-  assert.equal(barScale({ ...measured, free: -200 }), 4000);
-  const nothing = { total: null, free: null, in_use: 0, reserved_by_starting_services: 0 };
+  assert.equal(barScale({ ...measured, available: -200 }), 4000);
+  const nothing = { total: null, free: null, available: null, in_use: 0 };
   assert.equal(barScale(nothing), 0);
 });
 
@@ -67,18 +68,18 @@ test("no segments on a bar of scale zero", () => {
   assert.equal(card.legend.length, 1);
 });
 
-test("figures: in use, starting when some is reserved, free (full at zero), total", () => {
+test("figures: in use, starting when some is reserved, available (full at zero), total", () => {
   const figures = (resource) =>
     resourceCard(resource, stateOf, EN).figures.map((f) => [f.key, f.value, f.full]);
   assert.deepEqual(figures(VRAM), [
     ["In use", "21,000", false],
     ["Starting", "9,000", false],
-    ["Free", "3,000", false],
+    ["Available", "3,000", false],
     ["Total", "24,000", false],
   ]);
-  assert.deepEqual(figures({ ...VRAM, reserved_by_starting_services: 0, free: 0 }), [
+  assert.deepEqual(figures({ ...VRAM, reserved_by_starting_services: 0, available: 0 }), [
     ["In use", "21,000", false],
-    ["Free", "0", true],
+    ["Available", "0", true],
     ["Total", "24,000", false],
   ]);
 });
@@ -90,7 +91,8 @@ test("figures of a measured resource", () => {
     measured: 7000,
     reserved_by_starting_services: 0,
     in_use: 1000,
-    free: null,
+    free: 7000,
+    available: 7000,
     usage_by_service: {},
   };
   const card = resourceCard(measured, stateOf, EN);
@@ -98,7 +100,7 @@ test("figures of a measured resource", () => {
     card.figures.map((f) => [f.key, f.value, f.full]),
     [
       ["In use", "1,000", false],
-      ["Free", "—", false],
+      ["Available", "7,000", false],
       ["Total", "measured", false],
       ["Measured", "7,000", false],
     ],

@@ -8,17 +8,14 @@ import { usageKind } from "./states.js";
 
 /**
  * The amount a resource's bar stands for: its total, or for a measured one
- * without a total what is free, in use and reserved together.
+ * without a total what is available and in use together (the measurement,
+ * plus what running services use).
  * @param {object} resource a resource object of /status.
  * @returns {number}
  */
 export function barScale(resource) {
   if (resource.total !== null && resource.total !== undefined) return resource.total;
-  return (
-    Math.max(resource.free ?? 0, 0) +
-    (resource.in_use ?? 0) +
-    (resource.reserved_by_starting_services ?? 0)
-  );
+  return Math.max(resource.available ?? 0, 0) + (resource.in_use ?? 0);
 }
 
 /**
@@ -60,8 +57,14 @@ export function resourceCard(resource, stateOf, numbers) {
       full: false,
     });
   }
-  const free = resource.free ?? null;
-  figures.push({ key: "Free", value: amount(free), full: free !== null && free <= 0 });
+  // What a service could take now (for a measured resource, the measurement
+  // less what starting services reserved), not upstream's raw `free`.
+  const available = resource.available ?? null;
+  figures.push({
+    key: "Available",
+    value: amount(available),
+    full: available !== null && available <= 0,
+  });
   const total = resource.total ?? null;
   figures.push({ key: "Total", value: total === null ? "measured" : amount(total), full: false });
   if (resource.measured !== null && resource.measured !== undefined) {

@@ -1502,7 +1502,7 @@ class MeasuredResourceTests(SupervisorTestCase):
 
 
 class StaleMeasurementTests(SupervisorTestCase):
-    """A measurement taken before a service stopped is not trusted after it."""
+    """A measurement taken before a service started or stopped is not trusted after it."""
 
     def test_check_begun_before_a_stop_is_run_again(self) -> None:
         """
@@ -1542,6 +1542,54 @@ class StaleMeasurementTests(SupervisorTestCase):
         self.assertEqual(self.state("V2"), ServiceState.RUNNING)
         self.ready("BIG")
         self.successResultOf(big)
+
+    def test_measured_again_when_a_start_ends(self) -> None:
+        """
+        11 free; A (needs 10) starts and B (needs 10) waits meanwhile.  What
+        was measured before or during A's start does not show A's use: once A
+        is ready, the resource is measured again before B may start, and B
+        waits while that says 0 are free (large-model-proxy's behaviour; two
+        models in memory that holds one otherwise).
+        """
+        self.supervise(
+            [self.service("A", {"VRAM": 10}), self.service("B", {"VRAM": 10})],
+            [ResourceConfig("VRAM", None, check_command=self.CHECK, check_interval=2.0)],
+        )
+        self.measure(b"11\n")
+        a = self.acquire("A")
+        self.measure(b"11\n")
+        self.assertEqual(self.state("A"), ServiceState.STARTING)
+        b = self.acquire("B")
+        self.measure(b"11\n")  # during A's start: 11 less A's 10 reserved is not enough
+        self.assertEqual(self.state("B"), ServiceState.WAITING_FOR_RESOURCES)
+        self.ready("A")
+        self.successResultOf(a)  # A's client stays: A cannot be evicted for B
+        self.assertEqual(self.spawned("B"), [], "B was admitted on a measurement from A's start")
+        self.reactor.advance(2.0)  # CheckWhenNotEnoughIntervalMilliseconds: B looks again
+        self.measure(b"0\n")
+        self.assertEqual(self.state("B"), ServiceState.WAITING_FOR_RESOURCES)
+        self.assertEqual(self.state("A"), ServiceState.RUNNING)
+        self.assertNoResult(b)
+
+    def test_check_running_when_a_start_ends_is_run_again(self) -> None:
+        """A check that began during a start and ends after it is not trusted either."""
+        self.supervise(
+            [self.service("A", {"VRAM": 10}), self.service("B", {"VRAM": 10})],
+            [ResourceConfig("VRAM", None, check_command=self.CHECK, check_interval=2.0)],
+        )
+        self.measure(b"11\n")
+        a = self.acquire("A")
+        self.measure(b"11\n")
+        self.acquire("B")
+        during = self.shell(self.CHECK)  # began while A starts
+        self.ready("A")
+        self.successResultOf(a)
+        during.output(b"21\n")  # before A's model was loaded
+        during.exit(0)
+        self.assertEqual(self.spawned("B"), [])
+        self.reactor.advance(2.0)
+        self.measure(b"1\n")
+        self.assertEqual(self.state("B"), ServiceState.WAITING_FOR_RESOURCES)
 
 
 class StatusTests(SupervisorTestCase):

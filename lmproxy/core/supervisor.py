@@ -43,9 +43,17 @@ from lmproxy.interfaces import (
 from lmproxy.logs import log_observer
 
 # After these, what a service's CheckCommands measured is stale: it must start
-# (what was free a while ago may not be now), or it started or stopped.
+# (what was free a while ago may not be now), it began to start, its start
+# ended (a value from before or during it does not show its use; a failed one
+# ends in STOPPED below), or it stopped.
 _STALE_AFTER = frozenset(
-    {(STOPPED, WAITING), (WAITING, STARTING), (RUNNING, STOPPED), (STOPPING, STOPPED)}
+    {
+        (STOPPED, WAITING),
+        (WAITING, STARTING),
+        (STARTING, RUNNING),
+        (RUNNING, STOPPED),
+        (STOPPING, STOPPED),
+    }
 )
 
 

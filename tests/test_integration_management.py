@@ -332,13 +332,13 @@ class ManagementIntegrationTests(TestCase):
         self.assertEqual({key: metrics.get(key) for key in expected}, expected)
         self.assertEqual(await lmproxy.stop(), 0)
 
-    async def test_a_service_started_for_nobody_makes_room_at_once(self) -> None:
+    async def test_a_start_nobody_waits_for_makes_room_at_once(self) -> None:
         """
-        ``a``'s only client leaves while it starts, and a client of ``b`` waits
-        for the RAM that ``a`` holds: once ``a`` runs it is idle, so it is
-        evicted for ``b`` then, not after its idle timeout (2 minutes).
+        ``a``'s only client leaves while it starts (it would take a minute),
+        and a client of ``b`` waits for the RAM that ``a`` holds: ``a`` counts
+        as idle, so it is stopped at once, mid-start, for ``b``.
         """
-        config, ports = two_services_that_do_not_fit("--startup-delay", "0.5")
+        config, ports = two_services_that_do_not_fit("--startup-delay", "60")
         lmproxy = Lmproxy(self, config)
         await lmproxy.start()
         events = await open_events(f"http://127.0.0.1:{ports['api']}/events", self)
@@ -346,22 +346,46 @@ class ManagementIntegrationTests(TestCase):
         await wait_for(lambda: "starting" in events.statuses("a"), 10, "a to start")
         gone.close()
         await gone.closed
-        request_b = Deferred.fromCoroutine(http("GET", f"http://127.0.0.1:{ports['b']}/health"))
-        await wait_for(
-            lambda: "waiting_for_resources" in events.statuses("b"), 10, "b to wait for a"
-        )
-        code, _, body = await request_b
+        code, _, body = await http("GET", f"http://127.0.0.1:{ports['b']}/health")
         self.assertEqual((code, body), (200, b'{"status":"ok"}'))
         self.assertEqual(events.named("evicted"), [{"service": "a"}])
         self.assertEqual(
             [(n["service"], n["succeeded"]) for n in events.named("start_finished")],
-            [("a", True), ("b", True)],
+            [("b", True)],
+            "a's start was stopped, not failed",
         )
-        # Running and evicted in the same reactor turn: one update shows both.
         self.assertEqual(events.statuses("a"), ["stopped", "starting", "stopping", "stopped"])
+        self.assertEqual(events.latest("a")["failed_starts"], 0)
         self.assertEqual(
             events.statuses("b"), ["stopped", "waiting_for_resources", "starting", "running"]
         )
+        self.assertEqual(await lmproxy.stop(), 0)
+
+    async def test_a_start_nobody_waits_for_goes_on_then_idles_out(self) -> None:
+        """
+        With nobody else asking for its resources, a start that every client
+        left goes on (a client that retries finds the model loaded), and the
+        service is stopped after its idle time as usual.
+        """
+        config, ports = two_services_that_do_not_fit("--startup-delay", "0.5")
+        config["Services"][0]["ShutDownAfterInactivitySeconds"] = 1
+        lmproxy = Lmproxy(self, config)
+        await lmproxy.start()
+        events = await open_events(f"http://127.0.0.1:{ports['api']}/events", self)
+        gone = await raw_connect(ports["a"])
+        await wait_for(lambda: "starting" in events.statuses("a"), 10, "a to start")
+        gone.close()
+        await gone.closed
+        await wait_for(lambda: "running" in events.statuses("a"), 10, "a to be ready")
+        self.assertEqual(
+            [(n["service"], n["succeeded"]) for n in events.named("start_finished")],
+            [("a", True)],
+        )
+        await wait_for(lambda: events.statuses("a")[-1] == "stopped", 10, "a to idle out")
+        self.assertEqual(
+            events.statuses("a"), ["stopped", "starting", "running", "stopping", "stopped"]
+        )
+        self.assertEqual(events.named("evicted"), [])
         self.assertEqual(await lmproxy.stop(), 0)
 
     async def test_actions_and_logs(self) -> None:

@@ -152,6 +152,27 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(self.owner.moves, [(STOPPED, WAITING), (WAITING, STOPPED)])
         self.assertEqual(self.reactor.processes, [])
 
+    def test_idle(self) -> None:
+        """
+        Idle: running with no lease, or starting with nobody waiting; the
+        owner hears when a start loses its last waiter, and when a stop ends
+        the start, that is no failed start.
+        """
+        self.assertFalse(self.lifecycle.idle, "stopped: nothing to evict")
+        first, second = self.lifecycle.acquire(), self.lifecycle.acquire()
+        self.assertFalse(self.lifecycle.idle, "starting for its clients")
+        first.cancel()
+        self.assertEqual((self.lifecycle.idle, self.owner.idles), (False, 0))
+        second.cancel()
+        for d in (first, second):
+            self.failureResultOf(d, CancelledError)
+        self.assertEqual((self.lifecycle.state, self.lifecycle.idle), (STARTING, True))
+        self.assertEqual(self.owner.idles, 1)
+        self.lifecycle.stop("evicted for B")  # SIGTERM: the fake process exits
+        self.assertEqual(self.owner.moves[2:], [(STARTING, STOPPING), (STOPPING, STOPPED)])
+        self.assertEqual((self.lifecycle.failed_starts, self.owner.starts), (0, []))
+        self.assertFalse(self.lifecycle.idle)
+
     def test_process_exits_on_its_own(self) -> None:
         """A running service whose process exits becomes stopped without stopping."""
         self.lifecycle.acquire()

@@ -220,6 +220,12 @@ class SupervisorTestCase(SynchronousTestCase):
     def free(self, name: str) -> int | None:
         return self.resource(name).free
 
+    def abandon(self, name: str) -> None:
+        """A client of C{name} comes, which starts it, and leaves."""
+        d = self.acquire(name)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+
 
 class StartTests(SupervisorTestCase):
     """A service starts on its first client, once, and serves everyone."""
@@ -744,6 +750,86 @@ class EvictionTests(SupervisorTestCase):
         self.ready("B")
         self.successResultOf(d)
 
+    def test_start_nobody_waits_for_is_evicted_mid_start(self) -> None:
+        """
+        A's only client left while A starts: A counts as idle from then on.
+        A client of B, which needs A's resources, stops A at once, mid-start
+        (an eviction, not a failed start), and B starts once A is gone.
+        """
+        self.supervise(
+            [self.service("A", {"VRAM": 6}), self.service("B", {"VRAM": 6})],
+            [ResourceConfig("VRAM", 10)],
+        )
+        self.abandon("A")
+        a = self.proc("A")
+        self.assertEqual(self.state("A"), ServiceState.STARTING)
+        self.assertEqual(self.reactor.signals, [], "nobody needs its resources yet")
+        d = self.acquire("B")
+        self.assertEqual(self.reactor.signals, [(a.pid, signal.SIGTERM)])
+        self.assertEqual(self.observer.evicted, ["A"])
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
+        self.assertEqual(
+            (self.status("A").evictions, self.status("A").failed_starts, self.observer.starts),
+            (1, 0, []),
+        )
+        self.assertEqual(self.state("B"), ServiceState.STARTING)
+        self.ready("B")
+        self.successResultOf(d)
+
+    def test_abandoned_start_leaving_makes_room_for_the_waiting(self) -> None:
+        """B waits behind A's start; A's last client leaves: A is stopped for B at once."""
+        self.supervise(
+            [self.service("A", {"VRAM": 6}), self.service("B", {"VRAM": 6})],
+            [ResourceConfig("VRAM", 10)],
+        )
+        a_client = self.acquire("A")
+        d = self.acquire("B")
+        self.assertEqual(self.state("B"), ServiceState.WAITING_FOR_RESOURCES)
+        self.assertEqual(self.reactor.signals, [], "A starts for a waiting client")
+        a_client.cancel()
+        self.failureResultOf(a_client, CancelledError)
+        self.assertEqual(self.reactor.signals, [(self.spawned("A")[0].pid, signal.SIGTERM)])
+        self.assertEqual(self.state("B"), ServiceState.STARTING)
+        self.ready("B")
+        self.successResultOf(d)
+
+    def test_abandoned_start_goes_before_idle_running_services(self) -> None:
+        """
+        Of an idle running service used long ago and a start nobody waits for
+        any more, the start is stopped: it has served no one.
+        """
+        self.supervise(
+            [
+                self.service("OLD", {"VRAM": 4}),
+                self.service("A", {"VRAM": 4}),
+                self.service("C", {"VRAM": 4}),
+            ],
+            [ResourceConfig("VRAM", 10)],
+        )
+        self.run_idle("OLD")
+        self.reactor.advance(10)
+        self.abandon("A")
+        self.acquire("C")
+        self.assertEqual(self.observer.evicted, ["A"])
+        self.assertEqual(self.state("OLD"), ServiceState.RUNNING)
+
+    def test_a_new_client_makes_an_abandoned_start_wanted_again(self) -> None:
+        """A client that comes back to the start: A is no longer idle, never evicted."""
+        self.supervise(
+            [self.service("A", {"VRAM": 6}), self.service("B", {"VRAM": 6})],
+            [ResourceConfig("VRAM", 10)],
+        )
+        self.abandon("A")
+        again = self.acquire("A")
+        d = self.acquire("B")
+        self.assertEqual(self.reactor.signals, [])
+        self.assertEqual(self.state("B"), ServiceState.WAITING_FOR_RESOURCES)
+        self.ready("A")
+        self.successResultOf(again).release()  # now idle and running: evicted for B
+        self.assertEqual(self.observer.evicted, ["A"])
+        self.ready("B")
+        self.successResultOf(d)
+
     def test_idle_service_evicted_at_once(self) -> None:
         """An idle service in the way is stopped at once."""
         self.supervise(
@@ -1198,11 +1284,13 @@ class ManagementTests(SupervisorTestCase):
         process = self.proc("A")
         stopped = self.supervisor.stop("A", False)
         for d in ds:
-            self.unavailable(d, "service 'A' failed to start: stopped on request")
+            self.unavailable(d, "service 'A' was stopped before it was ready: stopped on request")
         self.assertIsNone(self.successResultOf(stopped))
         self.assertEqual(self.reactor.signals, [(process.pid, signal.SIGTERM)])
         self.assertEqual(self.state("A"), ServiceState.STOPPED)
-        self.assertEqual(self.observer.starts, [("A", 0.0, False)])
+        # Stopped, not failed: no failed start is counted or announced.
+        self.assertEqual(self.observer.starts, [])
+        self.assertEqual(self.status("A").failed_starts, 0)
         self.assertEqual(self.probes(), [])
 
     def test_stop_while_stopping(self) -> None:
@@ -1266,7 +1354,9 @@ class ShutdownTests(SupervisorTestCase):
         """
         self.reactor.on_signal = ignore_sigterm
         d = self.supervisor.stopService()
-        self.unavailable(self.c_waiter, "service 'C' failed to start: lmproxy is shutting down")
+        self.unavailable(
+            self.c_waiter, "service 'C' was stopped before it was ready: lmproxy is shutting down"
+        )
         self.unavailable(self.d_waiter, "service 'D' was not started: lmproxy is shutting down")
         self.assertEqual(
             self.reactor.signals, [(self.a.pid, signal.SIGTERM), (self.c.pid, signal.SIGTERM)]

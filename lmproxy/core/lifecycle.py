@@ -12,6 +12,11 @@ L{TRANSITIONS} lists every move a service can make; L{ServiceLifecycle._transiti
 is the one place where its state changes, and any other move is an
 L{ImpossibleTransition}: a programming error, never a state to recover from.
 
+A start that every waiting client has left goes on (a client that retries
+finds the model loaded), but the service counts as idle from then on
+(L{ServiceLifecycle.idle}): it may be evicted, even mid-start, and its idle
+timer runs once it is ready.
+
 A lifecycle owns what belongs to one service: the clients waiting for it
 (each with its deadline), its leases, its idle timer, its start attempt, its
 process and the cleanups of process groups its process left behind.  It knows
@@ -25,9 +30,10 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from lmproxy.config import ServiceConfig
+from lmproxy.core.lease import Lease
+from lmproxy.core.leftovers import Leftovers
 from lmproxy.core.process import ServiceProcess
 from lmproxy.core.startup import Launcher, StartAttempt, StartFailed
 from lmproxy.core.waiters import Waiters
@@ -72,39 +78,13 @@ class LifecycleOwner(Protocol):
         """C{lifecycle} just moved from C{old} to C{new}."""
 
     def idle(self, lifecycle: ServiceLifecycle) -> None:
-        """C{lifecycle} is running with no lease: it could be evicted now."""
+        """C{lifecycle} became L{ServiceLifecycle.idle}: it could be evicted now."""
 
     def changed(self, lifecycle: ServiceLifecycle) -> None:
         """Something C{lifecycle.status()} shows changed (a count, last used)."""
 
     def start_finished(self, lifecycle: ServiceLifecycle, seconds: float, ok: bool) -> None:
         """A start attempt of C{lifecycle} ended after C{seconds}."""
-
-
-@implementer(ILease)
-class Lease:
-    """A client's use of one run of a service (see L{ILease})."""
-
-    def __init__(self, lifecycle: ServiceLifecycle, may_reconnect: bool) -> None:
-        assert lifecycle.host is not None
-        self._lifecycle = lifecycle
-        self.service = lifecycle.name
-        self.host = lifecycle.host
-        self.port = lifecycle.config.proxy_target_port
-        self.generation = lifecycle.generation
-        self.may_reconnect = may_reconnect
-        self.released = False
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self._lifecycle._lease_released(self)
-
-    def reconnect(self) -> Deferred[ILease]:
-        self.release()
-        if not self.may_reconnect:
-            return fail(ServiceUnavailable(f"cannot connect to service {self.service!r}"))
-        return self._lifecycle._reconnect(self.generation)
 
 
 class ServiceLifecycle:
@@ -136,14 +116,25 @@ class ServiceLifecycle:
         self._leases: set[Lease] = set()
         self._stop_waiters: list[Deferred[None]] = []
         self._attempt: StartAttempt | None = None
+        self._abort_reason: str | None = None  # why the current start is being aborted
         self._idle_timer = Timer(self._clock)
         # Groups of processes that exited on their own, still being ended.
-        self._cleanups: dict[ServiceProcess, Deferred[None]] = {}
+        self._leftovers = Leftovers(self.name)
 
     @property
     def leases(self) -> int:
         """How many clients are proxied now."""
         return len(self._leases)
+
+    @property
+    def idle(self) -> bool:
+        """
+        Nobody uses it: it runs with no lease, or it starts for nobody (every
+        client that waited for it left).  Only an idle service is evicted.
+        """
+        if self.state is RUNNING:
+            return not self._leases
+        return self.state is STARTING and not self._waiters
 
     def status(self) -> ServiceStatus:
         """This service as C{/status} shows it."""
@@ -194,24 +185,34 @@ class ServiceLifecycle:
         if not self._waiters and self.state is WAITING:
             self._transition(STOPPED)
         self._owner.changed(self)
+        if self.idle and self.state is STARTING:
+            self.log.info(
+                "{service}: every client waiting for it left; it goes on starting, "
+                "but may be stopped for another service",
+                service=self.name,
+            )
+            self._owner.idle(self)
 
     # -- leases and idle time -----------------------------------------------
 
     def _new_lease(self, reconnected: bool) -> Lease:
-        lease = Lease(self, may_reconnect=not reconnected)
+        assert self.host is not None
+        lease = Lease(self, self.host, self.generation, may_reconnect=not reconnected)
         self._leases.add(lease)
         self.touch()
         self._owner.changed(self)
         return lease
 
-    def _lease_released(self, lease: Lease) -> None:
+    def lease_released(self, lease: Lease) -> None:
+        """C{lease} was released (by its L{Lease.release})."""
         self._leases.discard(lease)
         self.touch()
         self._owner.changed(self)
         if not self._leases:
             self._owner.idle(self)
 
-    def _reconnect(self, generation: int) -> Deferred[ILease]:
+    def reconnect(self, generation: int) -> Deferred[ILease]:
+        """A lease of run C{generation} could not connect: a lease for this client again."""
         # Only a run that still counts as running failed this client.  A run
         # that is over (its process exited on its own, or another client's
         # reconnect restarted it) is no one's failure: like a new client, this
@@ -252,7 +253,10 @@ class ServiceLifecycle:
         try:
             host = await attempt.run()
         except StartFailed as e:
-            await self._start_failed(attempt, str(e))
+            if self._abort_reason is None:
+                await self._start_failed(attempt, str(e))
+            else:
+                await self._start_aborted(self._abort_reason)
             return
         self._started(attempt, host)
         process = attempt.process
@@ -284,6 +288,16 @@ class ServiceLifecycle:
         self._owner.changed(self)
         await self._finish_stop()
 
+    async def _start_aborted(self, reason: str) -> None:
+        # Stopped while it started: not a failure of the service.
+        self._attempt = None
+        self._abort_reason = None
+        self.log.info("{service}: start abandoned ({reason})", service=self.name, reason=reason)
+        self._transition(STOPPING)
+        self._waiters.fail(f"service {self.name!r} was stopped before it was ready: {reason}")
+        self._owner.changed(self)
+        await self._finish_stop()
+
     def _process_exited(self, process: ServiceProcess) -> None:
         if self.process is not process or self.state is not RUNNING:
             return  # a stop in progress expects this exit
@@ -301,19 +315,7 @@ class ServiceLifecycle:
             how=process.exit_description,
         )
         self._become_stopped()
-        # Its children may live on in its group: end them, off the critical
-        # path (but shutdown waits for them, and kill() kills them).
-        cleanup = Deferred.fromCoroutine(process.stop(use_kill_command=False))
-        if not cleanup.called:
-            self._cleanups[process] = cleanup
-
-            def forget(_: object) -> None:
-                del self._cleanups[process]
-
-            cleanup.addErrback(
-                lambda f: self.log.failure("{service}: stopping failed", f, service=self.name)
-            )
-            cleanup.addBoth(forget)
+        self._leftovers.end(process)  # its children may live on in its group
 
     # -- stopping -----------------------------------------------------------
 
@@ -329,6 +331,8 @@ class ServiceLifecycle:
         self._stop_waiters.append(stopped)
         if self.state is STARTING:
             assert self._attempt is not None
+            # Set first: the attempt's run ends inside abort().
+            self._abort_reason = reason
             self._attempt.abort(reason)
         elif self.state is RUNNING:
             self.log.info("{service}: stopping ({reason})", service=self.name, reason=reason)
@@ -348,12 +352,11 @@ class ServiceLifecycle:
         if self.process is not None:
             self.log.warn("{service}: killing at once", service=self.name)
             self.process.kill()
-        for process in self._cleanups:
-            process.kill()
+        self._leftovers.kill()
 
     def cleanups(self) -> list[Deferred[None]]:
         """The ends of the groups left behind by processes that exited on their own."""
-        return list(self._cleanups.values())
+        return self._leftovers.pending()
 
     async def _finish_stop(self) -> None:
         process = self.process

@@ -1,9 +1,10 @@
 """
 Placement: for a service first in line for its resources, start it if they
 are free, otherwise stop the idle services whose resources together cover
-what is missing, least recently used first; when no such set exists, stop
-nothing and let it wait.  A service with a lease (a proxied client) is never
-stopped to make room, and neither is one that is starting.
+what is missing: starts that nobody waits for any more first, then running
+services, least recently used first; when no such set exists, stop nothing and
+let it wait.  A service with a lease (a proxied client) is never stopped to
+make room, and neither is one that starts for a waiting client.
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ class Placement:
         missing = self._ledger.still_missing(missing, stopping)  # room coming already
         if not missing:
             return
+        # A start nobody waits for has served no one yet: it goes first.
         idle = sorted(
-            (o for o in lifecycles if o.state is RUNNING and not o.leases),
-            key=lambda o: o.last_used or 0.0,
+            (o for o in lifecycles if o.idle),
+            key=lambda o: (o.state is RUNNING, o.last_used or 0.0),
         )
         victims = plan_eviction(missing, [(o.name, self._ledger.holding(o.name)) for o in idle])
         if victims is None:

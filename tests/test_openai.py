@@ -724,9 +724,16 @@ class LifecycleTests(ProxyTestCase):
         d = self.post("/v1/chat/completions", {"model": "llama-3"})
         self.pump()
         self.assertEqual(len(self.server.requests), 1)
-        d.cancel()
-        self.pump()
+        with capturedLogs() as events:
+            d.cancel()
+            self.pump()
         self.failureResultOf(d, ResponseNeverReceived)
+        # One plain line says what happened; no error, no raw Failure list.
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(
+            lines, ["POST /v1/chat/completions -> chat: the client left before the response"]
+        )
+        self.assertEqual([e for e in events if e.get("log_failure")], [])
         self.assertEqual(len(self.server.disconnects), 1)
         self.assertEqual(self.backends.counts("chat"), (0, 0))
 

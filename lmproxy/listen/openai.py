@@ -20,6 +20,7 @@ import json
 from itertools import chain
 from typing import Any
 
+from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -223,6 +224,15 @@ class OpenAiApi:
             log.info("{message}", message=message)
             return error_response(request, 503, message, "server_error", code="service_unavailable")
         except _EXCHANGE_ERRORS as e:
+            if _cancelled(e):
+                # The client left (Klein cancelled us): nobody to answer.
+                log.info(
+                    "{method} {path} -> {service}: the client left before the response",
+                    method=request.method.decode("latin-1"),
+                    path=request.path.decode("latin-1"),
+                    service=service,
+                )
+                raise CancelledError() from None
             message = f"Service {service!r} closed the connection without a response."
             log.warn("{message} ({why})", message=message, why=str(e))
             return error_response(request, 502, message, "server_error", code="bad_gateway")
@@ -310,3 +320,9 @@ def _body(request: Request) -> bytes:
     """The whole body of C{request}: L{BodyLimitedSite} has kept it within the limit."""
     assert request.content is not None  # twisted.web sets it before rendering
     return request.content.read()
+
+
+def _cancelled(error: Exception) -> bool:
+    """Whether C{error} is the backend exchange ending because we cancelled it."""
+    reasons = getattr(error, "reasons", None) or []
+    return bool(reasons) and all(reason.check(CancelledError) for reason in reasons)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -386,6 +387,64 @@ class ManagementIntegrationTests(TestCase):
             events.statuses("a"), ["stopped", "starting", "running", "stopping", "stopped"]
         )
         self.assertEqual(events.named("evicted"), [])
+        self.assertEqual(await lmproxy.stop(), 0)
+
+    async def test_measured_again_when_a_start_ends(self) -> None:
+        """
+        VRAM is measured by a CheckCommand: 11 free, 1 while ``a`` (needs 10)
+        listens.  ``b`` (needs 10) waits while ``a`` starts; ``a`` serves one
+        request and is idle.  What was measured before or during ``a``'s start
+        does not admit ``b`` beside it: VRAM is measured again, ``a`` is
+        evicted, and only then does ``b`` start.
+        """
+        la, ta, lb, tb, api = free_ports(5)
+        listening = f"socket.socket().connect_ex(('127.0.0.1', {ta})) == 0"
+        probe = f"import socket; print(1 if {listening} else 11)"
+        config = {
+            "ResourcesAvailable": {
+                "VRAM": {
+                    "CheckCommand": f'{sys.executable} -c "{probe}"',
+                    "CheckWhenNotEnoughIntervalMilliseconds": 50,
+                }
+            },
+            "ManagementApi": {"ListenPort": str(api)},
+            "Services": [
+                demo_service(
+                    "a", la, ta, "--startup-delay", "0.5", ResourceRequirements={"VRAM": 10}
+                ),
+                demo_service("b", lb, tb, ResourceRequirements={"VRAM": 10}),
+            ],
+        }
+        lmproxy = Lmproxy(self, config)
+        await lmproxy.start()
+        events = await open_events(f"http://127.0.0.1:{api}/events", self)
+        request_a = Deferred.fromCoroutine(http("GET", f"http://127.0.0.1:{la}/health"))
+        await wait_for(lambda: "starting" in events.statuses("a"), 10, "a to start")
+        request_b = Deferred.fromCoroutine(http("GET", f"http://127.0.0.1:{lb}/health"))
+        await wait_for(
+            lambda: "waiting_for_resources" in events.statuses("b"), 10, "b to wait for a"
+        )
+        self.assertEqual((await request_a)[0], 200)
+        code, _, _ = await request_b
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            events.statuses("a"),
+            [
+                "stopped",
+                "waiting_for_resources",
+                "starting",
+                "running",
+                "stopping",
+                "stopped",
+            ],
+        )
+        a_running, _ = events.first("a", "running")
+        a_stopped = next(
+            i for i, s in events.service_updates("a") if s["status"] == "stopped" and i > a_running
+        )
+        b_starting, _ = events.first("b", "starting")
+        self.assertLess(a_stopped, b_starting, "b started beside a, on a stale measurement")
+        self.assertEqual(events.named("evicted"), [{"service": "a"}])
         self.assertEqual(await lmproxy.stop(), 0)
 
     async def test_actions_and_logs(self) -> None:

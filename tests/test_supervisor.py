@@ -1635,11 +1635,11 @@ class StaleMeasurementTests(SupervisorTestCase):
 
     def test_measured_again_when_a_start_ends(self) -> None:
         """
-        11 free; A (needs 10) starts and B (needs 10) waits meanwhile.  What
-        was measured before or during A's start does not show A's use: once A
-        is ready, the resource is measured again before B may start, and B
-        waits while that says 0 are free (large-model-proxy's behaviour; two
-        models in memory that holds one otherwise).
+        11 free; A (needs 10) starts and B (needs 10) waits meanwhile.  A
+        serves its client and is idle at once.  What was measured before or
+        during A's start does not show A's use: B is not admitted beside A on
+        it; VRAM is measured again (1 free), so A is evicted, and B starts
+        once A is gone (two models in memory that holds one otherwise).
         """
         self.supervise(
             [self.service("A", {"VRAM": 10}), self.service("B", {"VRAM": 10})],
@@ -1653,13 +1653,17 @@ class StaleMeasurementTests(SupervisorTestCase):
         self.measure(b"11\n")  # during A's start: 11 less A's 10 reserved is not enough
         self.assertEqual(self.state("B"), ServiceState.WAITING_FOR_RESOURCES)
         self.ready("A")
-        self.successResultOf(a)  # A's client stays: A cannot be evicted for B
+        self.successResultOf(a).release()  # idle: B's turn, with nothing fresh measured
         self.assertEqual(self.spawned("B"), [], "B was admitted on a measurement from A's start")
-        self.reactor.advance(2.0)  # CheckWhenNotEnoughIntervalMilliseconds: B looks again
-        self.measure(b"0\n")
-        self.assertEqual(self.state("B"), ServiceState.WAITING_FOR_RESOURCES)
         self.assertEqual(self.state("A"), ServiceState.RUNNING)
-        self.assertNoResult(b)
+        self.measure(b"1\n")
+        self.assertEqual(self.observer.evicted, ["A"])
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
+        self.assertEqual(self.spawned("B"), [], "B waits for a measurement without A")
+        self.measure(b"11\n")
+        self.assertEqual(self.state("B"), ServiceState.STARTING)
+        self.ready("B")
+        self.successResultOf(b)
 
     def test_check_running_when_a_start_ends_is_run_again(self) -> None:
         """A check that began during a start and ends after it is not trusted either."""

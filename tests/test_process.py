@@ -1,9 +1,8 @@
 """
-Tests for L{lmproxy.core.process}, L{lmproxy.core.groups} and
-L{lmproxy.core.shell}: argument splitting, command resolution, spawning a
-service in its own session, its log output, the stop sequence, process groups
-and short shell commands, all on a L{MemoryProcessReactor} (no real processes,
-no real time).
+Tests for L{lmproxy.core.process} and L{lmproxy.core.groups}: argument
+splitting, command resolution, spawning a service in its own session, its log
+output, the stop sequence and process groups, all on a L{MemoryProcessReactor}
+(no real processes, no real time).  Shell commands: C{tests/test_shell.py}.
 """
 
 from __future__ import annotations
@@ -16,11 +15,12 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from lmproxy.config import ServiceConfig
-from lmproxy.core.groups import STOP_GRACE_SECONDS, ProcessGroup
+from lmproxy.core import process as process_module
+from lmproxy.core.groups import GROUP_POLL_SECONDS, STOP_GRACE_SECONDS, ProcessGroup
 from lmproxy.core.process import (
     KILL_COMMAND_TIMEOUT_SECONDS,
     ServiceProcess,
@@ -28,8 +28,10 @@ from lmproxy.core.process import (
     resolve_command,
     split_args,
 )
-from lmproxy.core.shell import MAX_CAPTURE_BYTES, SETSID, Reactor, ShellResult, run_shell
+from lmproxy.core.shell import SETSID, Reactor, run_shell
+from lmproxy.logs import set_log_level
 from lmproxy.testing import FakeProcess, MemoryProcessReactor
+from lmproxy.testing.processes import QuickExit
 
 TRUE = shutil.which("true")
 assert TRUE is not None
@@ -405,6 +407,11 @@ class ServiceProcessExitTests(ServiceProcessTestCase):
         self.assertEqual(service.exit_description, "exited with status 1")
         started = [e for e in events if "argv" in e]
         self.assertEqual([e["pid"] for e in started], [process.pid])
+        self.reactor.advance(0)  # the reactor reads the end of its pipes
+        self.assertTrue(process.ended)
+        # Its group is gone: stopping it signals nothing and ends at once.
+        self.assertIsNone(self.successResultOf(self.stop(service)))
+        self.assertEqual(self.reactor.signals, [])
 
     def test_when_exited(self) -> None:
         """C{when_exited} fires when the process exits, at once after that."""
@@ -478,7 +485,9 @@ class ServiceProcessStopTests(ServiceProcessTestCase):
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(self.reactor.signals, [(process.pid, signal.SIGTERM)])
         warnings = [formatEvent(e) for e in events if "KillCommand failed" in e["log_format"]]
-        self.assertEqual(warnings, ["A: KillCommand failed (status 1): no such container"])
+        self.assertEqual(
+            warnings, ["A: KillCommand failed (exited with status 1): no such container"]
+        )
 
     def test_kill_command_cannot_run(self) -> None:
         """A KillCommand that cannot even be spawned is logged; the group is signalled anyway."""
@@ -491,8 +500,45 @@ class ServiceProcessStopTests(ServiceProcessTestCase):
         warnings = [formatEvent(e) for e in events if "KillCommand failed" in e["log_format"]]
         self.assertEqual(
             warnings,
-            ["A: KillCommand failed (status None): cannot run it: [Errno 11] no process left"],
+            ["A: KillCommand failed (could not be run: [Errno 11] no process left)"],
         )
+
+    def test_kill_command_exits_during_spawn(self) -> None:
+        """
+        A KillCommand reaped before its spawn returns (C{docker stop} of a
+        container that is gone) ends like any other: the group is signalled
+        next, and what it printed is a debug line.
+        """
+        service, process = self.spawn(kill_command="docker stop model")
+        self.reactor.exit_during_spawn["docker stop model"] = QuickExit(0, b"model\n")
+        set_log_level("Debug")
+        self.addCleanup(set_log_level, "Normal")
+        with capturedLogs() as events:
+            d = self.stop(service)
+            self.reactor.advance(0)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.reactor.signals, [(process.pid, signal.SIGTERM)])
+        self.assertTrue(process.exited)
+        said = [
+            (e["log_level"], formatEvent(e)) for e in events if "KillCommand" in e["log_format"]
+        ]
+        self.assertEqual(said, [(LogLevel.debug, "A: KillCommand said: model")])
+
+    def test_kill_command_crashes(self) -> None:
+        """
+        Should running the KillCommand raise (a bug), the failure is logged and
+        the stop goes on: the group is signalled, never left running.
+        """
+
+        async def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("a bug")
+
+        self.patch(process_module, "run_shell", broken)
+        service, process = self.spawn(kill_command="docker stop model")
+        d = self.stop(service)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.reactor.signals, [(process.pid, signal.SIGTERM)])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_kill_command_time_limit(self) -> None:
         """A KillCommand that hangs is killed (its group) after its time limit."""
@@ -612,6 +658,68 @@ class ServiceProcessStopTests(ServiceProcessTestCase):
         )
 
 
+class BeforeSetsidTests(ServiceProcessTestCase):
+    """
+    A stop in the moment between the spawn and the leader's C{setsid}: its
+    group does not exist yet, so the leader itself is signalled.
+    """
+
+    def test_stop(self) -> None:
+        """SIGTERM reaches the leader; the stop ends once it is gone, not after a grace."""
+        service, process = self.spawn()
+        process.in_own_group = False
+        d = self.stop(service)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.reactor.signals, [])
+        self.assertEqual(self.reactor.leader_signals, [(process.pid, signal.SIGTERM)])
+        self.assertTrue(process.exited)
+
+    def test_signal_missed_by_leader(self) -> None:
+        """
+        A leader that missed the signal (a forked child before its exec) gets
+        it through its group as soon as the group exists.
+        """
+
+        def missed_before_setsid(process: FakeProcess, signum: int) -> None:
+            if process.in_own_group:
+                process.reactor.on_signal = self.default_on_signal
+                self.default_on_signal(process, signum)
+
+        service, process = self.spawn()
+        self.default_on_signal = self.reactor.on_signal
+        self.reactor.on_signal = missed_before_setsid
+        process.in_own_group = False
+        d = self.stop(service)
+        self.reactor.advance(GROUP_POLL_SECONDS)
+        self.assertNoResult(d)
+        process.in_own_group = True  # setsid
+        self.reactor.advance(GROUP_POLL_SECONDS)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.reactor.signals, [(process.pid, signal.SIGTERM)])
+        self.assertEqual(len(self.reactor.leader_signals), 2)
+        self.assertTrue(process.exited)
+
+    def test_kill(self) -> None:
+        """SIGKILL too: it reaches the leader (it cannot be missed)."""
+        service, process = self.spawn()
+        process.in_own_group = False
+        service.kill()
+        self.assertEqual(self.reactor.leader_signals, [(process.pid, signal.SIGKILL)])
+        self.assertTrue(process.exited)
+
+    def test_shell_command_cancelled(self) -> None:
+        """A shell command cancelled before its setsid is killed all the same."""
+        d = Deferred.fromCoroutine(
+            run_shell(self.typed_reactor, "sleep 100", 5.0, signal_group=self.reactor.signal_group)
+        )
+        [process] = self.reactor.processes
+        process.in_own_group = False
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.reactor.leader_signals, [(process.pid, signal.SIGKILL)])
+        self.assertTrue(process.exited)
+
+
 class ProcessGroupTests(SynchronousTestCase):
     """L{ProcessGroup} knows whether its group is still its own to signal."""
 
@@ -669,109 +777,3 @@ class ProcessGroupTests(SynchronousTestCase):
         self.assertNoResult(d)
         self.reactor.advance(0.1)
         self.assertIs(self.successResultOf(d), False)
-
-
-class RunShellTests(SynchronousTestCase):
-    """L{run_shell}: short shell commands in their own session, with a time limit."""
-
-    def setUp(self) -> None:
-        self.reactor = MemoryProcessReactor()
-        self.typed_reactor = cast(Reactor, self.reactor)
-
-    def shell(
-        self, command: str, timeout: float = 5.0, cwd: str | None = None
-    ) -> Deferred[ShellResult]:
-        return Deferred.fromCoroutine(
-            run_shell(
-                self.typed_reactor,
-                command,
-                timeout,
-                cwd=cwd,
-                signal_group=self.reactor.signal_group,
-            )
-        )
-
-    def test_spawn(self) -> None:
-        """C{sh -c command} through setsid, with the environment, cwd, stdin closed."""
-        d = self.shell("nvidia-smi | tail -1", cwd="/tmp")
-        self.assertNoResult(d)
-        [process] = self.reactor.processes
-        self.assertEqual(process.args, [SETSID, "/bin/sh", "-c", "nvidia-smi | tail -1"])
-        self.assertEqual(process.path, "/tmp")
-        self.assertEqual(process.env, dict(os.environ))
-        self.assertTrue(process.transport.stdin_closed)
-        process.exit(0)
-
-    def test_exit_during_spawn(self) -> None:
-        """
-        A command reaped before C{spawnProcess} returns (its transport's pid
-        is gone by then) still reports its status, and its group is known.
-        """
-        self.reactor.exit_during_spawn["fast"] = 3
-        d = self.shell("fast")
-        self.assertEqual(self.successResultOf(d), ShellResult(3, "", False))
-        [process] = self.reactor.processes
-        self.assertIsNone(process.transport.pid)
-
-    def test_output_and_status(self) -> None:
-        """Stdout and stderr are captured together; the exit status is reported."""
-        d = self.shell("check")
-        [process] = self.reactor.processes
-        process.output(b"12")
-        process.output(b"warn\n", fd=2)
-        process.output(b"34\n")
-        process.exit(3)
-        self.assertEqual(self.successResultOf(d), ShellResult(3, "12warn\n34\n", False))
-
-    def test_success(self) -> None:
-        """Exit status 0."""
-        d = self.shell("true")
-        self.reactor.processes[0].exit(0)
-        self.assertEqual(self.successResultOf(d), ShellResult(0, "", False))
-
-    def test_killed_by_signal(self) -> None:
-        """A command killed by a signal has no exit code."""
-        d = self.shell("x")
-        self.reactor.processes[0].exit(None, signal.SIGKILL)
-        self.assertEqual(self.successResultOf(d), ShellResult(None, "", False))
-
-    def test_output_capped(self) -> None:
-        """At most MAX_CAPTURE_BYTES of output are kept."""
-        d = self.shell("yes")
-        process = self.reactor.processes[0]
-        process.output(b"y" * (MAX_CAPTURE_BYTES - 1))
-        process.output(b"zz")
-        process.output(b"more")
-        process.exit(0)
-        self.assertEqual(self.successResultOf(d).output, "y" * (MAX_CAPTURE_BYTES - 1) + "z")
-
-    def test_timeout_kills_group(self) -> None:
-        """A command that outlives its time limit has its whole group killed."""
-        d = self.shell("sleep 100", timeout=5)
-        [process] = self.reactor.processes
-        process.output(b"partial")
-        self.reactor.advance(4.9)
-        self.assertNoResult(d)
-        self.assertEqual(self.reactor.signals, [])
-        self.reactor.advance(0.1)
-        self.assertEqual(self.reactor.signals, [(process.pid, signal.SIGKILL)])
-        self.assertEqual(self.successResultOf(d), ShellResult(None, "partial", True))
-
-    def test_cannot_spawn(self) -> None:
-        """A command that cannot be spawned ends like a failed one, saying why."""
-        self.patch(self.reactor, "spawnProcess", no_process_left)
-        self.assertEqual(
-            self.successResultOf(self.shell("check")),
-            ShellResult(None, "cannot run it: [Errno 11] no process left", False),
-        )
-
-    def test_cancel_kills_group(self) -> None:
-        """Cancelling the run kills the command's group and fails with CancelledError."""
-        d = self.shell("sleep 100")
-        [process] = self.reactor.processes
-        d.cancel()
-        self.failureResultOf(d, CancelledError)
-        self.assertEqual(self.reactor.signals, [(process.pid, signal.SIGKILL)])
-        self.assertTrue(process.exited)
-        self.reactor.advance(10)
-        self.assertEqual(self.reactor.signals, [(process.pid, signal.SIGKILL)])

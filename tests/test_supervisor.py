@@ -356,9 +356,59 @@ class HealthcheckTests(SupervisorTestCase):
         self.reactor.exit_during_spawn[self.HC] = 0
         self.supervise([self.service("A", healthcheck_command=self.HC)])
         d = self.acquire("A")
+        self.reactor.advance(0)  # the reactor reads the end of its pipes
         self.assertEqual(self.probes(), [(HOST, 9001)])
         self.ready("A")
         self.successResultOf(d)
+
+    def test_failing_healthcheck_retried_until_it_passes(self) -> None:
+        """
+        A healthcheck that fails (a server answering 503 while it loads) is
+        run again every interval for as long as the startup timeout allows,
+        however quick each run; when it passes, the start goes on.
+        """
+        self.reactor.exit_during_spawn[self.HC] = 22
+        self.supervise(
+            [
+                self.service(
+                    "A", healthcheck_command=self.HC, healthcheck_interval=0.1, startup_timeout=5.0
+                )
+            ]
+        )
+        d = self.acquire("A")
+        for _ in range(48):
+            self.reactor.advance(0)  # a run's pipes are read: it failed
+            self.reactor.advance(0.1)  # the interval: the next run
+        self.assertEqual(len(self.shells(self.HC)), 49)
+        self.assertEqual(self.state("A"), ServiceState.STARTING)
+        self.assertEqual(self.probes(), [])
+        del self.reactor.exit_during_spawn[self.HC]
+        self.reactor.advance(0)
+        self.reactor.advance(0.1)
+        self.shell(self.HC).exit(0)
+        self.ready("A")
+        self.successResultOf(d)
+        self.assertEqual(self.status("A").failed_starts, 0)
+
+    def test_failing_healthcheck_until_timeout(self) -> None:
+        """A healthcheck that never passes fails the start at its timeout, not before."""
+        self.reactor.exit_during_spawn[self.HC] = 1
+        self.supervise(
+            [
+                self.service(
+                    "A", healthcheck_command=self.HC, healthcheck_interval=0.5, startup_timeout=5.0
+                )
+            ]
+        )
+        d = self.acquire("A")
+        for _ in range(9):
+            self.reactor.advance(0)
+            self.reactor.advance(0.5)
+        self.assertNoResult(d)
+        self.reactor.advance(0)
+        self.reactor.advance(0.5)
+        self.unavailable(d, "service 'A' failed to start: not ready within 5 s")
+        self.assertEqual(len(self.shells(self.HC)), 10)
 
     def test_process_dies_during_healthcheck(self) -> None:
         """
@@ -1481,9 +1531,30 @@ class MeasuredResourceTests(SupervisorTestCase):
             self.measure(b"N/A\n")
         self.assertEqual(self.resource("VRAM").measured, None)
         self.assertEqual(
-            [e["output"] for e in events if e.get("resource") == "VRAM" and "output" in e],
+            [e["stdout"] for e in events if e.get("resource") == "VRAM" and "stdout" in e],
             ["N/A"],
         )
+
+    def test_value_on_stdout_only(self) -> None:
+        """
+        A tool that warns on stderr gives its value on stdout: a client of a
+        service needing that much is served.
+        """
+        d = self.acquire("A")  # needs 4000
+        check = self.shell(self.CHECK)
+        check.output(b"warning: something\n", fd=2)
+        check.output(b"5000\n")
+        check.exit(0)
+        self.assertEqual(self.resource("VRAM").measured, 5000)
+        self.measure(b"warning: something\n5000\n")  # the check before the start
+        self.ready("A")
+        self.successResultOf(d)
+
+    def test_huge_value(self) -> None:
+        """A 401-digit number is no value: /status has null, nothing is evicted."""
+        self.measure(b"1" * 401 + b"\n")
+        self.assertEqual(self.resource("VRAM").measured, None)
+        self.assertEqual(self.free("VRAM"), None)
 
     def test_no_value_evicts_nothing(self) -> None:
         """A CheckCommand that prints no number makes the service wait, not evict."""

@@ -4,15 +4,23 @@ Process groups: every service and helper command lmproxy runs leads a session
 signalled while it is still ours: while its leader is not reaped (its pid
 cannot be reused), or while a member still exists (a group id is not reused
 while the group has members).
+
+A group exists only once its leader has called C{setsid}, a moment after the
+spawn.  A signal sent before that goes to the leader itself (it is the whole
+of its group then), and, should the leader have missed it (a forked child
+that has not exec'd yet drops a caught signal), to the group as soon as it
+exists.
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
+from contextlib import suppress
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, race
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -23,6 +31,10 @@ from lmproxy.core.reaper import GroupSignaller
 STOP_GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL after this long
 KILL_WAIT_SECONDS = 5.0  # after SIGKILL, how long to wait for the group to vanish
 GROUP_POLL_SECONDS = 0.05  # how often to look for group members left behind by the leader
+# (and, while the leader has not made its group yet, for the group)
+
+LeaderSignaller = Callable[[int], None]
+"""Signals a group's leader alone: its transport's C{signalProcess}."""
 
 
 class GroupRegistry(Protocol):
@@ -62,9 +74,16 @@ class ProcessGroup:
         self.exit_description: str | None = None
         self._gone = False
         self._exit_waiters: list[Deferred[None]] = []
+        self._signal_leader: LeaderSignaller | None = None
+        self._undelivered: int | None = None  # sent to the leader before its group existed
 
-    def started(self, pid: int) -> None:
+    def started(self, pid: int, signal_leader: LeaderSignaller | None = None) -> None:
+        """
+        The leader was spawned as C{pid}; C{signal_leader} signals it alone
+        (while it has not made its group yet).
+        """
         self.pgid = pid
+        self._signal_leader = signal_leader
 
     def leader_exited(self, reason: Failure) -> None:
         self.leader_reaped = True
@@ -103,13 +122,27 @@ class ProcessGroup:
         try:
             self._signal_group(self.pgid, signum)
         except ProcessLookupError:
-            self._gone = self.leader_reaped
-            return not self._gone
+            if self.leader_reaped:
+                self._gone = True
+                return False
+            # Not reaped, yet no group: the leader has not called setsid.
+            if signum != 0:
+                self._undelivered = signum
+                self._to_leader(signum)
+            return True
         except PermissionError:
             # Only possible once our group is gone and its id was reused.
             self._gone = True
             return False
+        if signum != 0:
+            self._undelivered = None
         return True
+
+    def _to_leader(self, signum: int) -> None:
+        # ProcessExitedAlready: being reaped, nothing left to signal.
+        if self._signal_leader is not None:
+            with suppress(OSError, ProcessExitedAlready):
+                self._signal_leader(signum)
 
     async def wait_gone(self, seconds: float) -> bool:
         """Wait up to C{seconds} for every member of the group to exit."""
@@ -118,7 +151,13 @@ class ProcessGroup:
             remaining = deadline - self._reactor.seconds()
             if remaining <= 0:
                 return False
-            if not self.leader_reaped:
+            if self._undelivered is not None:
+                # Its leader may have missed it: to the group, once there is one.
+                wait = min(GROUP_POLL_SECONDS, remaining)
+                await race([self.when_leader_exits(), deferLater(self._reactor, wait)])
+                if self._undelivered is not None:
+                    self.signal(self._undelivered)
+            elif not self.leader_reaped:
                 await race([self.when_leader_exits(), deferLater(self._reactor, remaining)])
             else:
                 await deferLater(self._reactor, min(GROUP_POLL_SECONDS, remaining))

@@ -21,8 +21,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lmproxy.config import ServiceConfig
-from lmproxy.core.groups import STOP_GRACE_SECONDS, GroupRegistry, GroupSignaller, ProcessGroup
-from lmproxy.core.shell import SETSID, Reactor, ShellResult, run_shell
+from lmproxy.core.groups import (
+    STOP_GRACE_SECONDS,
+    GroupRegistry,
+    GroupSignaller,
+    LeaderSignaller,
+    ProcessGroup,
+)
+from lmproxy.core.shell import SETSID, Reactor, ShellResult, one_line, run_shell
 from lmproxy.lines import LineSplitter
 from lmproxy.logs import log_observer
 
@@ -59,10 +65,14 @@ class _ServiceProtocol(ProcessProtocol):
         self.owner = owner
 
     def connectionMade(self) -> None:
-        # Here, not after spawnProcess returns: a process that exits at once may
-        # be reaped (and its transport's pid cleared) before spawnProcess returns.
-        assert self.transport is not None and self.transport.pid is not None
-        self.owner._spawned(self.transport.pid)
+        # Here, not after spawnProcess returns: a process that exits at once is
+        # reaped (and its transport's pid cleared) before spawnProcess returns.
+        # Twisted's Process sets the pid before it calls makeConnection.
+        transport = self.transport
+        pid = getattr(transport, "pid", None)
+        if transport is not None and pid is not None:
+            self.owner._spawned(pid, transport.signalProcess)
+        # else: not with Twisted's Process (see tests/test_fake_processes.py)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self.owner._output(childFD, data)
@@ -143,8 +153,8 @@ class ServiceProcess:
         finally:
             os.close(devnull)
 
-    def _spawned(self, pid: int) -> None:
-        self.group.started(pid)
+    def _spawned(self, pid: int, signal_leader: LeaderSignaller) -> None:
+        self.group.started(pid, signal_leader)
         if self._registry is not None:
             self._registry.add(pid)
         self.log.info(
@@ -171,28 +181,7 @@ class ServiceProcess:
         if self.pid is None:
             return  # never spawned: nothing to stop, no KillCommand to run
         if use_kill_command and self._config.kill_command:
-            run = self._kill_command_run = Deferred.fromCoroutine(
-                run_shell(
-                    self._reactor,
-                    self._config.kill_command,
-                    KILL_COMMAND_TIMEOUT_SECONDS,
-                    cwd=self._config.work_dir,
-                    signal_group=self._signal_group,
-                )
-            )
-            try:
-                result: ShellResult | None = await run
-            except CancelledError:
-                result = None  # kill(): no more waiting for it
-            finally:
-                self._kill_command_run = None
-            if result is not None and result.exit_code != 0:
-                self.log.warn(
-                    "{service}: KillCommand failed ({how}): {output}",
-                    service=name,
-                    how="timed out" if result.timed_out else f"status {result.exit_code}",
-                    output=result.output.strip(),
-                )
+            await self._run_kill_command(self._config.kill_command)
         await self.group.terminate(STOP_GRACE_SECONDS)
         if self.group.alive():
             self.log.error(
@@ -200,6 +189,38 @@ class ServiceProcess:
             )
         elif self._registry is not None and self.pid is not None:
             self._registry.discard(self.pid)
+
+    async def _run_kill_command(self, command: str) -> None:
+        name = self._config.name
+        run = self._kill_command_run = Deferred.fromCoroutine(
+            run_shell(
+                self._reactor,
+                command,
+                KILL_COMMAND_TIMEOUT_SECONDS,
+                cwd=self._config.work_dir,
+                signal_group=self._signal_group,
+            )
+        )
+        try:
+            result = await run
+        except CancelledError:
+            return  # kill(): no more waiting for it
+        except Exception:
+            # Whatever went wrong, the stop goes on to signal the group.
+            self.log.failure("{service}: KillCommand crashed", service=name)
+            return
+        finally:
+            self._kill_command_run = None
+        said = one_line(result.stderr or result.stdout)
+        if result.exit_code != 0:
+            self.log.warn(
+                "{service}: KillCommand failed ({how})" + (": {output}" if said else ""),
+                service=name,
+                how=result.how,
+                output=said,
+            )
+        elif said:
+            self.log.debug("{service}: KillCommand said: {output}", service=name, output=said)
 
     def kill(self) -> None:
         """

@@ -6,15 +6,19 @@ The port is probed with an exponential backoff capped at a few milliseconds,
 and at once whenever the service writes output: servers usually say that they
 listen, so a client waits for the backend itself, not for a coarse poll.
 
-The overall StartupTimeoutMilliseconds is enforced by the caller, which cancels
-the wait; cancelling kills a running healthcheck along with its children.
+A HealthcheckCommand that fails is run again every HealthcheckIntervalMilliseconds
+(after the end of the last run) for as long as the start may take: the overall
+StartupTimeoutMilliseconds is enforced by the caller, which cancels the wait;
+cancelling kills a running healthcheck along with its children.
 """
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 from twisted.internet import abstract
-from twisted.internet.defer import Deferred, race
-from twisted.internet.error import ConnectError
+from twisted.internet.defer import CancelledError, Deferred, FailureGroup, race
+from twisted.internet.error import ConnectError, NotConnectingError
 from twisted.internet.interfaces import IConnector, IReactorCore, IReactorTCP
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import deferLater
@@ -23,7 +27,7 @@ from twisted.python.failure import Failure
 
 from lmproxy.config import ServiceConfig
 from lmproxy.core.groups import GroupSignaller
-from lmproxy.core.shell import Reactor, run_shell
+from lmproxy.core.shell import Reactor, one_line, run_shell
 from lmproxy.logs import log_observer
 
 PROBE_FIRST_DELAY = 0.0005
@@ -58,7 +62,12 @@ class Wakeup:
         return self._poked
 
     async def sleep(self, seconds: float) -> None:
-        await race([self._next_poke(), deferLater(self._reactor, seconds)])
+        try:
+            await race([self._next_poke(), deferLater(self._reactor, seconds)])
+        except FailureGroup:
+            # Cancelling a race fails it with a FailureGroup of its cancelled
+            # contenders (neither fails otherwise): we were cancelled.
+            raise CancelledError() from None
 
 
 async def resolve_host(reactor: ReadinessReactor, host: str) -> str:
@@ -99,8 +108,13 @@ class _Probe(ClientFactory):
             self.result.errback(reason)
 
     def _cancel(self, result: Deferred[None]) -> None:
+        # Fail it first: stopConnecting reports the abandoned attempt as a
+        # failed connection (UserError, a ConnectError), which the readiness
+        # loop would take for a refusal, and probe again, for ever.
+        result.errback(CancelledError())
         if self.connector is not None:
-            self.connector.stopConnecting()
+            with suppress(NotConnectingError):
+                self.connector.stopConnecting()
 
 
 async def probe_port(reactor: ReadinessReactor, host: str, port: int, timeout: float) -> None:
@@ -153,9 +167,12 @@ async def _healthcheck_passes(
         )
         if result.exit_code == 0:
             return
+        # Not a failure of the start: a server answers 503 while it loads.
+        # The caller's startup timeout ends the retries.
         log.debug(
-            "{service}: healthcheck not passing yet (status {status})",
+            "{service}: healthcheck not passing yet ({how}): {output}",
             service=config.name,
-            status=result.exit_code,
+            how=result.how,
+            output=one_line(result.stderr or result.stdout),
         )
         await deferLater(reactor, config.healthcheck_interval)

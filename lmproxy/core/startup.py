@@ -12,11 +12,15 @@ from typing import Any
 from attrs import frozen
 from twisted.internet.defer import Deferred, race
 from twisted.internet.task import deferLater
+from twisted.logger import Logger
 
 from lmproxy.config import ServiceConfig
 from lmproxy.core.groups import GroupRegistry, GroupSignaller
 from lmproxy.core.process import ServiceProcess, StartError
 from lmproxy.core.readiness import ReadinessReactor, Wakeup, wait_until_ready
+from lmproxy.logs import log_observer
+
+log = Logger(observer=log_observer)
 
 
 class StartFailed(Exception):
@@ -76,6 +80,11 @@ class StartAttempt:
             self.process.spawn()
         except StartError as e:
             raise StartFailed(str(e)) from None
+        except Exception:
+            # A bug, not a state: the start fails (and its process, if any, is
+            # stopped) rather than leave the service starting for ever.
+            log.failure("{service}: spawning crashed", service=config.name)
+            raise StartFailed("spawning crashed (see lmproxy's log)") from None
         deadline = self.began + config.startup_timeout
         ready = Deferred.fromCoroutine(
             wait_until_ready(reactor, config, deadline, self._wakeup, self._launcher.signal_group)
@@ -95,7 +104,7 @@ class StartAttempt:
             return result
         raise StartFailed(
             {
-                0: f"readiness check failed: {result}",
+                0: f"readiness check failed: {str(result) or type(result).__name__}",
                 1: str(result),
                 2: f"not ready within {config.startup_timeout:g} s",
                 3: f"process {self.process.exit_description} while starting",

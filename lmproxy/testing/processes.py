@@ -10,8 +10,16 @@ import os
 import signal
 from collections.abc import Callable, Iterable, Mapping
 
+from attrs import frozen
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessTerminated
+from twisted.internet.error import (
+    ConnectionRefusedError,
+    NotConnectingError,
+    ProcessDone,
+    ProcessExitedAlready,
+    ProcessTerminated,
+    UserError,
+)
 from twisted.internet.interfaces import IAddress, IConnector, IProcessTransport, IReactorProcess
 from twisted.internet.protocol import ClientFactory, ProcessProtocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -49,8 +57,14 @@ class FakeProcess:
             if isinstance(target, int)
         }
         self.exited = False
+        self.ended = False  # processEnded was called
+        self.pipes_open = any(t in ("r", "w") for t in (child_fds or {}).values())
         self.group_alive = True  # False once every member of its group is gone
-        self.transport = _FakeProcessTransport(pid)
+        # False until the leader has called setsid (True at once by default):
+        # until then its group does not exist, and only the leader can be signalled.
+        self.in_own_group = True
+        self._reason: Failure | None = None
+        self.transport = _FakeProcessTransport(self)
         protocol.makeConnection(self.transport)
 
     @property
@@ -59,25 +73,49 @@ class FakeProcess:
         return self.args[1:]
 
     def output(self, data: bytes, fd: int = 1) -> None:
-        """The process writes C{data} to stdout (or C{fd})."""
+        """The process writes C{data} to stdout (or C{fd}): until its pipes close."""
+        assert not self.exited or self.pipes_open, "output after the pipes closed"
         self.protocol.childDataReceived(fd, data)
 
-    def exit(self, code: int | None = 0, signal: int | None = None, group_too: bool = True) -> None:
-        """The process exits (and, with C{group_too}, every member of its group)."""
+    def exit(
+        self,
+        code: int | None = 0,
+        signal: int | None = None,
+        group_too: bool = True,
+        pipes_open: bool = False,
+    ) -> None:
+        """
+        The process exits (and, with C{group_too}, every member of its group).
+
+        Like a real one it is reaped (C{processExited}) before the reactor has
+        read the end of its pipes (C{processEnded}): with C{pipes_open}, they
+        stay open until L{close_pipes}, and output may still come.
+        """
         assert not self.exited, "exited twice"
         self.exited = True
         if group_too:
             self.group_alive = False
         reason = ProcessDone(0) if code == 0 else ProcessTerminated(code, signal)
+        self._reason = Failure(reason)
         self.transport.pid = None
-        self.protocol.processExited(Failure(reason))
-        self.protocol.processEnded(Failure(reason))
+        self.protocol.processExited(self._reason)
+        if not pipes_open:
+            self.close_pipes()
+
+    def close_pipes(self) -> None:
+        """The reactor reads the end of the exited process's pipes: C{processEnded}."""
+        assert self._reason is not None, "the process has not exited"
+        assert not self.ended, "ended twice"
+        self.pipes_open = False
+        self.ended = True
+        self.protocol.processEnded(self._reason)
 
 
 @implementer(IProcessTransport)
 class _FakeProcessTransport:
-    def __init__(self, pid: int) -> None:
-        self.pid: int | None = pid
+    def __init__(self, process: FakeProcess) -> None:
+        self.process = process
+        self.pid: int | None = process.pid
         self.stdin_closed = False
         self.written: list[bytes] = []
 
@@ -88,7 +126,15 @@ class _FakeProcessTransport:
         pass
 
     def signalProcess(self, signalID: str | int) -> None:
-        raise AssertionError("lmproxy signals process groups, never single processes")
+        # As Twisted's: the leader alone, and only until it is reaped.
+        process = self.process
+        assert not process.in_own_group, "lmproxy signals a leader only before its group exists"
+        assert isinstance(signalID, int)
+        if self.pid is None:
+            raise ProcessExitedAlready()
+        process.reactor.leader_signals.append((process.pid, signalID))
+        if signalID != 0:
+            process.reactor.on_signal(process, signalID)
 
     def closeStdout(self) -> None:
         pass
@@ -115,6 +161,22 @@ class _FakeProcessTransport:
         return IPv4Address("TCP", "127.0.0.1", 0)
 
 
+@frozen
+class QuickExit:
+    """How a process of L{MemoryProcessReactor.exit_during_spawn} ends."""
+
+    code: int = 0
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+    def read(self, process: FakeProcess) -> None:
+        """The reactor reads what C{process} printed, then the end of its pipes."""
+        for fd, data in ((1, self.stdout), (2, self.stderr)):
+            if data:
+                process.output(data, fd)
+        process.close_pipes()
+
+
 @implementer(IReactorProcess)
 class MemoryProcessReactor(MemoryReactorClock):
     """
@@ -122,24 +184,31 @@ class MemoryProcessReactor(MemoryReactorClock):
     C{os.killpg} (pass L{signal_group} as the supervisor's signaller).
 
     C{on_signal} decides what a signal does; by default SIGTERM and SIGKILL
-    end the process and its group at once.
+    end the process and its group at once.  A process whose C{in_own_group}
+    the test sets to False has not called C{setsid} yet: signalling its group
+    fails as C{killpg} does, and its transport's C{signalProcess} reaches it.
 
-    C{exit_during_spawn} maps a word of a command line to an exit status: a
-    process whose command has that word exits before C{spawnProcess}
-    returns, as a real one that is reaped at once does (Twisted then calls
-    C{processExited} from inside C{spawnProcess}, and the transport's pid is
-    C{None} by the time it returns).
+    C{exit_during_spawn} maps a word of a command line to an exit status, or
+    to a L{QuickExit} (a status and what was printed): a process whose command
+    has that word exits before C{spawnProcess} returns, as a real one that is
+    reaped at once does.  Twisted calls C{connectionMade} with the pid set,
+    then C{processExited} from inside C{spawnProcess} (the transport's pid is
+    C{None} by the time it returns); what the process printed is read, and
+    C{processEnded} called, once the reactor has read its pipes: here at the
+    reactor's next turn (C{advance(0)}).  C{tests/test_fake_processes.py}
+    checks that order against the real reactor.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.processes: list[FakeProcess] = []
-        self.signals: list[tuple[int, int]] = []
+        self.signals: list[tuple[int, int]] = []  # (pgid, signal) delivered to groups
+        self.leader_signals: list[tuple[int, int]] = []  # (pid, signal) to leaders alone
         self._next_pid = 1000
         self._answered: set[ClientFactory] = set()
-        self._connectors: dict[ClientFactory, IConnector] = {}
+        self._connectors: dict[ClientFactory, _ProbeConnector] = {}
         self.on_signal: Callable[[FakeProcess, int], None] = _exit_on_fatal_signal
-        self.exit_during_spawn: dict[str, int] = {}
+        self.exit_during_spawn: dict[str, int | QuickExit] = {}
 
     def spawnProcess(  # type: ignore[override]
         self,
@@ -165,16 +234,20 @@ class MemoryProcessReactor(MemoryReactorClock):
             child_fds=childFDs,
         )
         self.processes.append(process)
-        for word, code in self.exit_during_spawn.items():
+        for word, how in self.exit_during_spawn.items():
             if word in process.command:
-                process.exit(code)
+                quick = how if isinstance(how, QuickExit) else QuickExit(how)
+                pipes = process.pipes_open
+                process.exit(quick.code, pipes_open=pipes)
+                if pipes:
+                    self.callLater(0, quick.read, process)
                 break
         return process.transport
 
     def signal_group(self, pgid: int, signum: int) -> None:
         """Stands in for C{os.killpg}."""
         process = self._group(pgid)
-        if process is None or not process.group_alive:
+        if process is None or not process.group_alive or not process.in_own_group:
             raise ProcessLookupError(pgid)
         if signum == 0:
             return
@@ -201,8 +274,11 @@ class MemoryProcessReactor(MemoryReactorClock):
         timeout: float = 30,
         bindAddress: tuple[str, int] | None = None,
     ) -> IConnector:
-        connector: IConnector = super().connectTCP(host, port, factory, timeout, bindAddress)
+        # As MemoryReactor records it (typeshed's element type is off).
+        self.tcpClients.append((host, port, factory, timeout, bindAddress))  # type: ignore[arg-type]
+        connector = _ProbeConnector(self, factory, host, port)
         self._connectors[factory] = connector
+        factory.startedConnecting(connector)
         return connector
 
     def pending_probes(self) -> list[tuple[str, int, ClientFactory]]:
@@ -212,9 +288,6 @@ class MemoryProcessReactor(MemoryReactorClock):
         """
         pending = []
         for host, port, factory, _, _ in self.tcpClients:
-            connector = self._connectors.get(factory)
-            if getattr(connector, "stoppedConnecting", False):
-                continue
             if factory not in self._answered:
                 pending.append((host, port, factory))
         return pending
@@ -245,6 +318,39 @@ def _exit_on_fatal_signal(process: FakeProcess, signum: int) -> None:
         process.exit(None, signum)
     elif signum in (signal.SIGTERM, signal.SIGKILL):
         process.group_alive = False
+
+
+@implementer(IConnector)
+class _ProbeConnector:
+    """
+    A connection attempt of L{MemoryProcessReactor.connectTCP}.  Like a real
+    one, C{stopConnecting} ends a pending attempt by telling the factory that
+    the connection failed (with C{UserError}), and raises once it is over.
+    """
+
+    def __init__(
+        self, reactor: MemoryProcessReactor, factory: ClientFactory, host: str, port: int
+    ) -> None:
+        self._reactor = reactor
+        self._factory = factory
+        self._destination = IPv4Address("TCP", host, port)
+        self.stoppedConnecting = False
+
+    def stopConnecting(self) -> None:
+        if self._factory in self._reactor._answered:
+            raise NotConnectingError()
+        self.stoppedConnecting = True
+        self._reactor._answered.add(self._factory)
+        self._factory.clientConnectionFailed(self, Failure(UserError()))
+
+    def connect(self) -> None:
+        pass
+
+    def disconnect(self) -> None:
+        pass
+
+    def getDestination(self) -> IPv4Address:
+        return self._destination
 
 
 @implementer(IConnector)

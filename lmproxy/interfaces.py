@@ -137,6 +137,14 @@ class IBackends(Interface):
 
 
 @frozen
+class StartFailure:
+    """The last failed start of a service."""
+
+    at: float  # POSIX seconds
+    reason: str
+
+
+@frozen
 class ServiceStatus:
     """One service as /status shows it."""
 
@@ -153,6 +161,7 @@ class ServiceStatus:
     starts: int
     failed_starts: int
     evictions: int
+    last_failure: StartFailure | None = None
 
 
 @frozen

@@ -13,7 +13,7 @@ import os
 from typing import cast
 
 from attrs import define, field
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from lmproxy.config import ServiceConfig
@@ -28,8 +28,8 @@ from lmproxy.core.lifecycle import (
     ServiceLifecycle,
 )
 from lmproxy.core.readiness import ReadinessReactor
-from lmproxy.core.startup import Launcher
-from lmproxy.interfaces import ServiceState, ServiceUnavailable
+from lmproxy.core.startup import Launcher, StartAttempt
+from lmproxy.interfaces import ILease, ServiceState, ServiceUnavailable
 from lmproxy.testing import MemoryProcessReactor
 
 PORT = 9001
@@ -172,6 +172,47 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(self.owner.moves[2:], [(STARTING, STOPPING), (STOPPING, STOPPED)])
         self.assertEqual((self.lifecycle.failed_starts, self.owner.starts), (0, []))
         self.assertFalse(self.lifecycle.idle)
+
+    def test_acquired_again_by_a_stop_waiter(self) -> None:
+        """
+        Whoever waits for a stop may acquire the service again at once, from
+        the stop's callback: it starts again, with no impossible transition.
+        """
+        first = self.lifecycle.acquire()
+        self.reactor.accept_connection(PORT)
+        self.successResultOf(first).release()
+        again: list[Deferred[ILease]] = []
+        self.lifecycle.stop("on request").addCallback(
+            lambda _: again.append(self.lifecycle.acquire())
+        )
+        self.assertEqual(len(again), 1)  # the fake process exited on SIGTERM at once
+        self.assertEqual(self.lifecycle.state, STARTING)
+        self.assertEqual(
+            self.owner.moves[-3:], [(STOPPING, STOPPED), (STOPPED, WAITING), (WAITING, STARTING)]
+        )
+        self.reactor.accept_connection(PORT)
+        self.successResultOf(again[0]).release()
+
+    def test_a_start_that_crashes_fails(self) -> None:
+        """A bug in a start attempt is logged, and the start fails: never starting for ever."""
+
+        class Crashing(StartAttempt):
+            async def run(self) -> str:
+                raise RuntimeError("a bug")
+
+        class CrashingLauncher(Launcher):
+            def attempt(self, config: ServiceConfig) -> StartAttempt:
+                return Crashing(self, config)
+
+        launcher = CrashingLauncher(
+            cast(ReadinessReactor, self.reactor), self.reactor.signal_group, False
+        )
+        lifecycle = ServiceLifecycle(self.lifecycle.config, self.owner, launcher, max_wait=30.0)
+        d = lifecycle.acquire()
+        self.failureResultOf(d, ServiceUnavailable)
+        self.assertEqual(lifecycle.state, STOPPED)
+        self.assertEqual(self.owner.starts, [False])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_process_exits_on_its_own(self) -> None:
         """A running service whose process exits becomes stopped without stopping."""

@@ -28,6 +28,7 @@ from lmproxy.interfaces import (
     ServiceBusy,
     ServiceState,
     ServiceUnavailable,
+    StartFailure,
 )
 from lmproxy.manage.api import ManagementApi, _shielded
 from lmproxy.manage.statusjson import rfc3339
@@ -215,8 +216,26 @@ class StatusTests(ApiCase):
                 "starts": 0,
                 "failed_starts": 0,
                 "evictions": 0,
+                "last_failure": None,
                 "is_running": False,
                 "active_connections": 0,
+            },
+        )
+
+    def test_last_failure(self) -> None:
+        """The last failed start: when (RFC 3339) and why."""
+        self.backends.service_changes[QWEN] = {
+            "failed_starts": 1,
+            "last_failure": StartFailure(
+                1764633600.5, "process exited with status 1 while starting"
+            ),
+        }
+        status = self.client.json("GET", "/status")
+        self.assertEqual(
+            self.service(status, QWEN)["last_failure"],
+            {
+                "at": "2025-12-02T00:00:00.500+00:00",
+                "reason": "process exited with status 1 while starting",
             },
         )
 

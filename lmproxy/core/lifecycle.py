@@ -30,6 +30,7 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from lmproxy.config import ServiceConfig
 from lmproxy.core.lease import Lease
@@ -37,7 +38,13 @@ from lmproxy.core.leftovers import Leftovers
 from lmproxy.core.process import ServiceProcess
 from lmproxy.core.startup import Launcher, StartAttempt, StartFailed
 from lmproxy.core.waiters import Waiters
-from lmproxy.interfaces import ILease, ServiceState, ServiceStatus, ServiceUnavailable
+from lmproxy.interfaces import (
+    ILease,
+    ServiceState,
+    ServiceStatus,
+    ServiceUnavailable,
+    StartFailure,
+)
 from lmproxy.logs import log_observer
 from lmproxy.timers import Timer
 
@@ -108,6 +115,7 @@ class ServiceLifecycle:
         self.starts = 0
         self.failed_starts = 0
         self.evictions = 0
+        self.last_failure: StartFailure | None = None
         self.process: ServiceProcess | None = None
         self._owner = owner
         self._launcher = launcher
@@ -153,6 +161,7 @@ class ServiceLifecycle:
             starts=self.starts,
             failed_starts=self.failed_starts,
             evictions=self.evictions,
+            last_failure=self.last_failure,
         )
 
     # -- clients ----------------------------------------------------------
@@ -245,9 +254,15 @@ class ServiceLifecycle:
         attempt = self._attempt = self._launcher.attempt(self.config)
         self.process = attempt.process
         self._owner.changed(self)
-        Deferred.fromCoroutine(self._run_start(attempt)).addErrback(
-            lambda f: self.log.failure("{service}: start crashed", f, service=self.name)
-        )
+        Deferred.fromCoroutine(self._run_start(attempt)).addErrback(self._start_crashed, attempt)
+
+    def _start_crashed(self, failure: Failure, attempt: StartAttempt) -> Deferred[None] | None:
+        # A bug, not a state: log it, and fail the start rather than leave the
+        # service starting for ever.
+        self.log.failure("{service}: start crashed", failure, service=self.name)
+        if self._attempt is not attempt or self.state is not STARTING:
+            return None
+        return Deferred.fromCoroutine(self._start_failed(attempt, "lmproxy failed (see its log)"))
 
     async def _run_start(self, attempt: StartAttempt) -> None:
         try:
@@ -280,6 +295,7 @@ class ServiceLifecycle:
     async def _start_failed(self, attempt: StartAttempt, reason: str) -> None:
         self._attempt = None
         self.failed_starts += 1
+        self.last_failure = StartFailure(self._clock.seconds(), reason)
         seconds = self._clock.seconds() - attempt.began
         self.log.error("{service}: start failed: {reason}", service=self.name, reason=reason)
         self._owner.start_finished(self, seconds, False)
@@ -372,15 +388,16 @@ class ServiceLifecycle:
         self.host = None
         self._idle_timer.cancel()
         self._transition(STOPPED)
-        stop_waiters, self._stop_waiters = self._stop_waiters, []
-        for d in stop_waiters:
-            d.callback(None)
         if self._waiters:  # clients that came while it stopped
             if self._owner.shutting_down:
                 self._waiters.fail("lmproxy is shutting down")
             else:
                 self._transition(WAITING)
         self._owner.changed(self)
+        # Last: a stop waiter may acquire it again at once.
+        stop_waiters, self._stop_waiters = self._stop_waiters, []
+        for d in stop_waiters:
+            d.callback(None)
 
     def _transition(self, new: ServiceState) -> None:
         """The one place where the state changes."""

@@ -15,6 +15,7 @@ from lmproxy.interfaces import (
     ServiceState,
     ServiceStatus,
     Snapshot,
+    StartFailure,
 )
 
 JSONObject = dict[str, Any]
@@ -46,10 +47,17 @@ def service_json(service: ServiceStatus) -> JSONObject:
         "starts": service.starts,
         "failed_starts": service.failed_starts,
         "evictions": service.evictions,
+        "last_failure": _failure_json(service.last_failure),
         # The names upstream's README documents, kept for its users' scripts.
         "is_running": service.status == ServiceState.RUNNING,
         "active_connections": service.waiting_connections + service.proxied_connections,
     }
+
+
+def _failure_json(failure: StartFailure | None) -> JSONObject | None:
+    if failure is None:
+        return None
+    return {"at": rfc3339(failure.at), "reason": failure.reason}
 
 
 def resource_json(resource: ResourceStatus) -> JSONObject:

@@ -427,6 +427,44 @@ class PortTests(ConfigTestCase):
                 f'Services[0] ("a").ListenPort: {shown} is not a port number (1-65535)',
             )
 
+    def test_target_port_outside_the_range_loads_with_a_warning(self) -> None:
+        """
+        large-model-proxy loads a ProxyTargetPort outside 1-65535 (only that
+        service's starts fail): so does lmproxy, with a warning at its place.
+        """
+        for value, shown in [("70000", '"70000"'), (0, "0"), (-1, "-1"), ("0", '"0"')]:
+            config = parse(document(service(ProxyTargetPort=value)))
+            self.assertEqual(config.services[0].proxy_target_port, int(value))
+            self.assertEqual(
+                config.warnings,
+                (
+                    f'Services[0] ("a").ProxyTargetPort: {shown} is not a port number'
+                    " (1-65535): every start of it will fail",
+                ),
+            )
+        config = parse(document(service(ProxyTargetPort=None, TargetPort=99999)))
+        self.assertEqual(config.services[0].proxy_target_port, 99999)
+        self.assertEqual(len(config.warnings), 1)
+        self.assertIn("TargetPort: 99999", config.warnings[0])
+
+    def test_target_port_that_is_no_number_is_refused(self) -> None:
+        """What writes no integer at all could never be a port: still refused."""
+        for value, shown in [("http", '"http"'), (80.5, "80.5"), (True, "true"), ("", None)]:
+            if shown is None:
+                self.assertProblem(
+                    document(service(ProxyTargetPort=value)),
+                    'Services[0] ("a").ProxyTargetPort: missing (required): the port the'
+                    " service itself listens on",
+                )
+                continue
+            self.assertProblem(
+                document(service(ProxyTargetPort=value)),
+                f'Services[0] ("a").ProxyTargetPort: {shown} is not a port number (1-65535)',
+            )
+
+    def test_good_config_has_no_warnings(self) -> None:
+        self.assertEqual(parse(document(service())).warnings, ())
+
     def test_api_ports(self) -> None:
         self.assertEqual(
             self.problems(
@@ -693,6 +731,26 @@ class ResourceTests(ConfigTestCase):
             ),
             'Services[0] ("a").ResourceRequirements: needs 40000 of "RAM", but'
             " ResourcesAvailable has only 32000: it could never start",
+        )
+
+    def test_more_than_amount_of_a_measured_resource_loads_with_a_warning(self) -> None:
+        """
+        With a CheckCommand the measurement decides (as upstream, which loads
+        this): a requirement above the Amount is a warning, not an error.
+        """
+        config = parse(
+            document(
+                service(ResourceRequirements={"VRAM": 30}),
+                ResourcesAvailable={"VRAM": {"Amount": 24, "CheckCommand": "x"}},
+            )
+        )
+        self.assertEqual(config.services[0].resource_requirements, {"VRAM": 30})
+        self.assertEqual(
+            config.warnings,
+            (
+                'Services[0] ("a").ResourceRequirements: needs 30 of "VRAM", more than its'
+                " Amount 24; its CheckCommand's measurement decides when it may start",
+            ),
         )
 
     def test_bad_requirement(self) -> None:

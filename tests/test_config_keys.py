@@ -36,7 +36,7 @@ FILLED_BY_RULES = {
         "openai_api_models",
         "service_url",
     },
-    Config: {"services", "resources"},
+    Config: {"services", "resources", "warnings"},
 }
 
 

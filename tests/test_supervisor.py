@@ -15,7 +15,7 @@ from typing import Any, cast
 from attrs import evolve
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import DNSLookupError
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -36,6 +36,7 @@ from lmproxy.interfaces import (
     ServiceStatus,
     ServiceUnavailable,
     Snapshot,
+    StartFailure,
     StatusChange,
     UnknownService,
 )
@@ -512,6 +513,32 @@ class HealthcheckTests(SupervisorTestCase):
 
 class FailedStartTests(SupervisorTestCase):
     """A failed start stops the process, frees resources and fails all its waiters."""
+
+    def test_target_port_that_is_no_port(self) -> None:
+        """
+        A ProxyTargetPort outside 1-65535 (which loads, with a warning) fails
+        each start at once, without spawning anything, with the reason for
+        the client, the log and /status; the other services are untouched.
+        """
+        self.supervise(
+            [
+                self.service("A", {"VRAM": 6}, proxy_target_port=70000),
+                self.service("B", {"VRAM": 4}),
+            ],
+            [ResourceConfig("VRAM", 10)],
+        )
+        b = self.lease("B")
+        with capturedLogs() as events:
+            d = self.acquire("A")
+        reason = "ProxyTargetPort 70000 is not a port number (1-65535)"
+        self.unavailable(d, f"service 'A' failed to start: {reason}")
+        self.assertEqual(self.spawned("A"), [])
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
+        self.assertEqual(self.status("A").last_failure, StartFailure(T0, reason))
+        self.assertIn(f"A: start failed: {reason}", [formatEvent(e) for e in events])
+        self.assertEqual(self.state("B"), ServiceState.RUNNING)
+        self.assertIsNone(self.status("B").last_failure)
+        b.release()
 
     def test_startup_timeout(self) -> None:
         """Not ready within StartupTimeoutMilliseconds: every waiter fails, process stopped."""

@@ -25,6 +25,7 @@ from lmproxy.config.model import (
     Config,
     ResourceConfig,
     ServiceConfig,
+    is_tcp_port,
 )
 from lmproxy.config.parse import load_config, parse_config
 from lmproxy.config.problems import ConfigError
@@ -41,6 +42,7 @@ __all__ = [
     "ConfigError",
     "ResourceConfig",
     "ServiceConfig",
+    "is_tcp_port",
     "load_config",
     "parse_config",
 ]

@@ -17,6 +17,9 @@ The rules, each in one place below:
     (L{_service}).
   - A resource with an C{Amount} of 0 and a C{CheckCommand} is measured only,
     as if it had no C{Amount} (L{_resource}).
+  - A requirement larger than a static resource's C{Amount} is an error; with
+    a C{CheckCommand} the measurement decides, so it is only a warning
+    (L{_check_requirements}).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ def build(top: Fields, at: At, cwd: str) -> Config | None:
     idle = top.get(idle_key, idle_key.default)
     default_url = top.get(TopLevelKeys.DEFAULT_SERVICE_URL)
     return Config(
+        warnings=tuple(at.warnings),
         services=tuple(_service(e.fields, cwd, idle, default_url) for e in entries),
         resources=tuple(r for r in (resources or {}).values() if r is not None),
         **TopLevelKeys.arguments(top),
@@ -104,7 +108,10 @@ def _resource(name: str, fields: Fields) -> ResourceConfig:
 def _check_requirements(
     entry: Entry, resources: Mapping[str, ResourceConfig | None] | None
 ) -> None:
-    """A service may only require resources that exist, and no more than their total."""
+    """
+    A service may only require resources that exist, and no more than the
+    whole C{Amount} of a static one.
+    """
     if resources is None:
         return
     available = TopLevelKeys.RESOURCES_AVAILABLE.name
@@ -114,10 +121,17 @@ def _check_requirements(
             where.problem(f"resource {quote(name)} is not in {available}")
             continue
         resource = resources[name]
-        if resource is not None and resource.amount is not None and amount > resource.amount:
+        if resource is None or resource.amount is None or amount <= resource.amount:
+            continue
+        if resource.check_command is None:
             where.problem(
                 f"needs {amount} of {quote(name)}, but {available} has only"
                 f" {resource.amount}: it could never start"
+            )
+        else:
+            where.warning(
+                f"needs {amount} of {quote(name)}, more than its Amount {resource.amount};"
+                " its CheckCommand's measurement decides when it may start"
             )
 
 

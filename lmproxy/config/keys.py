@@ -37,6 +37,7 @@ from lmproxy.config.values import (
     port,
     seconds,
     show,
+    target_port,
     template,
     text,
 )
@@ -147,14 +148,17 @@ class ServiceKeys(Section):
     )
     PROXY_TARGET_PORT = Key(
         "ProxyTargetPort",
-        port,
+        target_port,
         doc="The port where the started program listens.",
         fills=_SERVICE.proxy_target_port,
         missing="missing (required): the port the service itself listens on",
     )
     # Upstream's own README example writes TargetPort.
     TARGET_PORT = Key(
-        "TargetPort", port, doc="Another name for ProxyTargetPort.", alias_of=PROXY_TARGET_PORT
+        "TargetPort",
+        target_port,
+        doc="Another name for ProxyTargetPort.",
+        alias_of=PROXY_TARGET_PORT,
     )
     HEALTHCHECK_COMMAND = Key(
         "HealthcheckCommand",

@@ -24,6 +24,11 @@ DEFAULT_STARTUP_TIMEOUT_SECONDS = 600.0
 DEFAULT_CHECK_INTERVAL_SECONDS = 1.0
 
 
+
+def is_tcp_port(number: int) -> bool:
+    """Whether C{number} can be a TCP port (C{ProxyTargetPort} may not be: see its key)."""
+    return 1 <= number <= 65535
+
 @frozen
 class ResourceConfig:
     """
@@ -100,6 +105,8 @@ class Config:
     @ivar log_level: C{"Normal"} or C{"Debug"}.
     @ivar default_service_url: the C{DefaultServiceUrl} template as written
         (each service's C{service_url} is already rendered).
+    @ivar warnings: what loaded but deserves a line in the log, each starting
+        with where it is in the file.
     """
 
     services: tuple[ServiceConfig, ...]
@@ -112,3 +119,4 @@ class Config:
     output_service_logs: bool = True
     log_level: str = "Normal"
     default_service_url: str | None = None
+    warnings: tuple[str, ...] = ()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from attrs import frozen
+from attrs import field, frozen
 
 
 class ConfigError(Exception):
@@ -53,14 +53,18 @@ class At:
     @ivar group: orders the problems: 0 for anything outside C{Services}, then
         one group per service, so that each service's problems are listed
         together (in the order they were found).
+    @ivar warnings: what loads but deserves a line in the log (something
+        large-model-proxy accepts that cannot work as written), shared like
+        C{problems}.
     """
 
     path: str
     problems: list[tuple[int, str]]
     group: int = 0
+    warnings: list[str] = field(factory=list)
 
     def _at(self, path: str, group: int | None = None) -> At:
-        return At(path, self.problems, self.group if group is None else group)
+        return At(path, self.problems, self.group if group is None else group, self.warnings)
 
     def key(self, key: str) -> At:
         """
@@ -101,6 +105,14 @@ class At:
         @param message: what is wrong, without the place.
         """
         self.problems.append((self.group, f"{self.path or 'top level'}: {message}"))
+
+    def warning(self, message: str) -> None:
+        """
+        Report something that loads, but that the user should hear about.
+
+        @param message: what is odd, without the place.
+        """
+        self.warnings.append(f"{self.path or 'top level'}: {message}")
 
     def messages(self) -> list[str]:
         """

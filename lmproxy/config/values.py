@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from lmproxy.config.model import is_tcp_port
 from lmproxy.config.problems import At
 
 
@@ -99,17 +100,34 @@ def count_or_default(value: Any, at: At) -> Any:
 
 def port(value: Any, at: At) -> Any:
     """A TCP port: a string of digits, as upstream writes them, or an integer; C{""} is not set."""
-    if value == "":
+    number = _port_number(value)
+    if number is UNSET:
         return UNSET
-    if isinstance(value, str) and re.fullmatch("[0-9]+", value):
-        number = int(value)
-    elif is_int(value):
-        number = value
-    else:
-        number = 0
-    if not 1 <= number <= 65535:
+    if number is None or not is_tcp_port(number):
         raise Invalid(f"{show(value)} is not a port number (1-65535)")
     return number
+
+
+def target_port(value: Any, at: At) -> Any:
+    """
+    Like L{port}, but an integer outside 1-65535 loads, with a warning, as
+    large-model-proxy loads it: only the starts of that service fail.
+    """
+    number = _port_number(value)
+    if number is None:
+        raise Invalid(f"{show(value)} is not a port number (1-65535)")
+    if number is not UNSET and not is_tcp_port(number):
+        at.warning(f"{show(value)} is not a port number (1-65535): every start of it will fail")
+    return number
+
+
+def _port_number(value: Any) -> Any:
+    """The integer a port value writes, L{UNSET} for C{""}, None when it writes none."""
+    if value == "":
+        return UNSET
+    if isinstance(value, str) and re.fullmatch("-?[0-9]+", value):
+        return int(value)
+    return value if is_int(value) else None
 
 
 def _duration(unit: str, seconds_per_unit: float) -> Convert:

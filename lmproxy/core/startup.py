@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, race
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from lmproxy.config import ServiceConfig
+from lmproxy.config import ServiceConfig, is_tcp_port
 from lmproxy.core.groups import GroupRegistry, GroupSignaller
 from lmproxy.core.process import ServiceProcess, StartError
 from lmproxy.core.readiness import ReadinessReactor, Wakeup, wait_until_ready
@@ -76,6 +76,11 @@ class StartAttempt:
         @raise StartFailed: the attempt failed or was aborted.
         """
         reactor, config = self._launcher.reactor, self._config
+        if not is_tcp_port(config.proxy_target_port):
+            # Loaded, as upstream loads it, with a warning: it can never start.
+            raise StartFailed(
+                f"ProxyTargetPort {config.proxy_target_port} is not a port number (1-65535)"
+            )
         try:
             self.process.spawn()
         except StartError as e:

@@ -24,10 +24,10 @@ DEFAULT_STARTUP_TIMEOUT_SECONDS = 600.0
 DEFAULT_CHECK_INTERVAL_SECONDS = 1.0
 
 
-
 def is_tcp_port(number: int) -> bool:
     """Whether C{number} can be a TCP port (C{ProxyTargetPort} may not be: see its key)."""
     return 1 <= number <= 65535
+
 
 @frozen
 class ResourceConfig:

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from lmproxy.core.shell import SETSID
-from lmproxy.testing.processes import MemoryProcessReactor, QuickExit
+from lmproxy.testing import MemoryProcessReactor, QuickExit
 from tests.harness import free_ports
 
 COMMAND = [SETSID, "/bin/sh", "-c", "echo 7; echo oops >&2; exit 3"]

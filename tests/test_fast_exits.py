@@ -17,7 +17,7 @@ from twisted.logger import capturedLogs
 from lmproxy.config import ResourceConfig
 from lmproxy.core.process import ServiceProcess
 from lmproxy.interfaces import ServiceState
-from lmproxy.testing.processes import QuickExit
+from lmproxy.testing import QuickExit
 from tests.test_supervisor import SupervisorTestCase
 
 

@@ -29,8 +29,7 @@ from lmproxy.core.measured import (
 from lmproxy.core.resources import Ledger
 from lmproxy.core.shell import Reactor, ShellResult
 from lmproxy.logs import set_log_level
-from lmproxy.testing import FakeProcess, MemoryProcessReactor
-from lmproxy.testing.processes import QuickExit
+from lmproxy.testing import FakeProcess, MemoryProcessReactor, QuickExit
 
 OK = "exited with status 0"
 whitespace = st.text(alphabet=" \t", max_size=3)

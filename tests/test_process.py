@@ -30,8 +30,7 @@ from lmproxy.core.process import (
 )
 from lmproxy.core.shell import SETSID, Reactor, run_shell
 from lmproxy.logs import set_log_level
-from lmproxy.testing import FakeProcess, MemoryProcessReactor
-from lmproxy.testing.processes import QuickExit
+from lmproxy.testing import FakeProcess, MemoryProcessReactor, QuickExit
 
 TRUE = shutil.which("true")
 assert TRUE is not None

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lmproxy.config import ServiceConfig
 from lmproxy.core.readiness import PROBE_FIRST_DELAY, ReadinessReactor, Wakeup, wait_until_ready
 from lmproxy.logs import set_log_level
-from lmproxy.testing.processes import MemoryProcessReactor, QuickExit
+from lmproxy.testing import MemoryProcessReactor, QuickExit
 
 HC = "curl -f http://127.0.0.1:9001/health"
 

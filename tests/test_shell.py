@@ -23,7 +23,7 @@ from lmproxy.core.shell import (
     one_line,
     run_shell,
 )
-from lmproxy.testing.processes import MemoryProcessReactor, QuickExit
+from lmproxy.testing import MemoryProcessReactor, QuickExit
 
 
 def no_process_left(*args: object, **kwargs: object) -> None:

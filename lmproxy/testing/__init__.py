@@ -5,6 +5,13 @@ module imports this package.
 """
 
 from lmproxy.testing.backends import FakeBackends, FakeLease, ScriptedBackends
-from lmproxy.testing.processes import FakeProcess, MemoryProcessReactor
+from lmproxy.testing.processes import FakeProcess, MemoryProcessReactor, QuickExit
 
-__all__ = ["FakeBackends", "FakeLease", "FakeProcess", "MemoryProcessReactor", "ScriptedBackends"]
+__all__ = [
+    "FakeBackends",
+    "FakeLease",
+    "FakeProcess",
+    "MemoryProcessReactor",
+    "QuickExit",
+    "ScriptedBackends",
+]

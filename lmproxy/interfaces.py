@@ -38,10 +38,30 @@ class UnknownService(KeyError):
 
 class ServiceUnavailable(Exception):
     """
-    A client cannot be given a backend: the start failed, the wait for
-    resources timed out, the connection to a running backend failed, or lmproxy
-    is shutting down.  C{str(exc)} is a message fit to show a client.
+    A client cannot be given a backend: the start failed, the service backs
+    off after a failed start, the wait for resources timed out, the connection
+    to a running backend failed, or lmproxy is shutting down.  C{str(exc)} is
+    a message fit to show a client.
+
+    @ivar retry_after: seconds after which asking again may succeed (the
+        back-off of a failed start), or None when nothing is known.
+    @ivar retryable: False when asking again cannot help until the config or
+        the machine changes (the command does not exist, the server exits as
+        it starts): clients should not retry on their own.
+    @ivar output_tail: the last lines the server wrote, when it failed to start.
     """
+
+    def __init__(
+        self,
+        message: str,
+        retry_after: float | None = None,
+        retryable: bool = True,
+        output_tail: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.retryable = retryable
+        self.output_tail = output_tail
 
 
 class ServiceBusy(Exception):
@@ -138,10 +158,13 @@ class IBackends(Interface):
 
 @frozen
 class StartFailure:
-    """The last failed start of a service."""
+    """The last failed start of a service, and its back-off."""
 
     at: float  # POSIX seconds
     reason: str
+    output_tail: tuple[str, ...] = ()  # the last lines the server wrote
+    retryable: bool = True  # False: it fails the same way until something changes
+    retry_at: float | None = None  # POSIX seconds: the back-off ends; None: over
 
 
 @frozen

@@ -15,6 +15,7 @@ import signal
 from twisted.logger import capturedLogs
 
 from lmproxy.config import ResourceConfig
+from lmproxy.core.backoff import BACKOFF_MAX_SECONDS
 from lmproxy.core.process import ServiceProcess
 from lmproxy.interfaces import ServiceState
 from lmproxy.testing import QuickExit
@@ -40,7 +41,7 @@ class ServiceExitsDuringSpawnTests(SupervisorTestCase):
             self.assertIsNone(self.status("A").pid)
             self.assertEqual(self.free("VRAM"), 10)
             self.assertEqual(self.status("A").failed_starts, attempt)
-            self.reactor.advance(0)
+            self.reactor.advance(BACKOFF_MAX_SECONDS)  # past its back-off
         self.assertEqual(len(self.spawned("A")), 3)
         self.assertEqual(self.reactor.signals, [])
         self.assertIsNone(self.successResultOf(self.supervisor.stop("A", False)))

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import openai
 from twisted.internet.defer import Deferred
@@ -384,4 +386,72 @@ class OpenAiPortTests(TestCase):
         self.assertEqual(json.loads(content)["error"]["code"], "request_too_large")
 
         self.assertEqual(_started_pids(lmproxy), [])
+        self.assertEqual(await lmproxy.stop(), 0)
+
+
+class BrokenModelTests(TestCase):
+    """A model whose server exits as it starts costs only its own clients."""
+
+    timeout = 60
+
+    async def test_one_sdk_call_one_failed_start(self) -> None:
+        """
+        The openai SDK (its default two retries on) asks once for a model
+        whose server exits with "CUDA error: out of memory": one start fails
+        (``x-should-retry: false`` stops the retries), the error carries the
+        server's last line, and during the back-off the next call is answered
+        at once without evicting the working model again.
+        """
+        api, manage, good_target, bad_target = free_ports(4)
+        crash = "import sys; sys.stderr.write('CUDA error: out of memory\\n'); sys.exit(1)"
+        lmproxy = Lmproxy(
+            self,
+            {
+                "OpenAiApi": {"ListenPort": api},
+                "ManagementApi": {"ListenPort": manage},
+                "ResourcesAvailable": {"VRAM": 10},
+                "Services": [
+                    demo_service(
+                        "good", None, good_target, OpenAiApi=True, ResourceRequirements={"VRAM": 6}
+                    ),
+                    {
+                        "Name": "bad",
+                        "Command": sys.executable,
+                        "Args": f'-c "{crash}"',
+                        "ProxyTargetPort": str(bad_target),
+                        "OpenAiApi": True,
+                        "ResourceRequirements": {"VRAM": 6},
+                    },
+                ],
+            },
+        )
+        await lmproxy.start()
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{api}/v1", api_key="unused", max_retries=2, timeout=30
+        )
+        self.addCleanup(client.close)
+        await deferToThread(_chat, client, "good")
+
+        error = await deferToThread(_status_error, client, "bad")
+        # At once, within the back-off (1 s): answered without a start.
+        again = await deferToThread(_status_error, client, "bad")
+        self.assertEqual(error.status_code, 503)
+        self.assertIn("CUDA error: out of memory", error.message)
+        self.assertEqual(error.response.headers["x-should-retry"], "false")
+        self.assertEqual(error.response.headers["retry-after"], "1")
+        self.assertEqual(again.status_code, 503)
+        self.assertIn("next try in", again.message)
+
+        async def status(name: str) -> dict[str, Any]:
+            _, _, body = await http("GET", f"http://127.0.0.1:{manage}/status")
+            [service] = [s for s in json.loads(body)["services"] if s["name"] == name]
+            return service
+
+        bad = await status("bad")
+        self.assertEqual((bad["starts"], bad["failed_starts"]), (1, 1))
+        self.assertEqual(bad["last_failure"]["output_tail"], ["CUDA error: out of memory"])
+        # good was evicted for the one attempt, and only once; it serves again.
+        self.assertEqual((await status("good"))["evictions"], 1)
+        await deferToThread(_chat, client, "good")
+        self.assertEqual((await status("good"))["status"], "running")
         self.assertEqual(await lmproxy.stop(), 0)

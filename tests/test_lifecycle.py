@@ -140,7 +140,7 @@ class LifecycleTests(SynchronousTestCase):
         self.failureResultOf(d, ServiceUnavailable)
         self.assertEqual(self.owner.moves[2:], [(STARTING, STOPPING), (STOPPING, STOPPED)])
         self.assertEqual(self.owner.starts, [False])
-        self.assertEqual(self.lifecycle.failed_starts, 1)
+        self.assertEqual(self.lifecycle.status().failed_starts, 1)
 
     def test_last_waiter_leaves(self) -> None:
         """Not placed, its only client leaves: back to stopped, with nothing started."""
@@ -170,7 +170,7 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(self.owner.idles, 1)
         self.lifecycle.stop("evicted for B")  # SIGTERM: the fake process exits
         self.assertEqual(self.owner.moves[2:], [(STARTING, STOPPING), (STOPPING, STOPPED)])
-        self.assertEqual((self.lifecycle.failed_starts, self.owner.starts), (0, []))
+        self.assertEqual((self.lifecycle.status().failed_starts, self.owner.starts), (0, []))
         self.assertFalse(self.lifecycle.idle)
 
     def test_acquired_again_by_a_stop_waiter(self) -> None:

@@ -223,11 +223,15 @@ class StatusTests(ApiCase):
         )
 
     def test_last_failure(self) -> None:
-        """The last failed start: when (RFC 3339) and why."""
+        """The last failed start: when (RFC 3339), why, the server's last lines, the back-off."""
         self.backends.service_changes[QWEN] = {
             "failed_starts": 1,
             "last_failure": StartFailure(
-                1764633600.5, "process exited with status 1 while starting"
+                1764633600.5,
+                "process exited with status 1 while starting",
+                ("CUDA error: out of memory",),
+                retryable=False,
+                retry_at=1764633601.5,
             ),
         }
         status = self.client.json("GET", "/status")
@@ -236,6 +240,9 @@ class StatusTests(ApiCase):
             {
                 "at": "2025-12-02T00:00:00.500+00:00",
                 "reason": "process exited with status 1 while starting",
+                "output_tail": ["CUDA error: out of memory"],
+                "retryable": False,
+                "retry_at": "2025-12-02T00:00:01.500+00:00",
             },
         )
 

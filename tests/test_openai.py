@@ -44,6 +44,7 @@ from lmproxy.config import Config, ServiceConfig
 from lmproxy.interfaces import (
     ILease,
     ServiceState,
+    ServiceUnavailable,
 )
 from lmproxy.listen.httpforward import BytesProducer, backend_agent, end_to_end_headers
 from lmproxy.listen.jsonerrors import JSON_CONTENT_TYPE
@@ -635,6 +636,40 @@ class LifecycleTests(ProxyTestCase):
             )
         self.assertEqual(self.backends.counts("chat"), (0, 0))
         self.assertEqual(self.server.requests, [])
+
+    def test_failed_start_says_when_and_whether_to_retry(self) -> None:
+        """
+        The 503 of a failed start carries the server's last lines,
+        C{Retry-After} (its back-off, rounded up) and, when retrying cannot
+        help, C{x-should-retry: false}, which OpenAI's SDKs obey.
+        """
+        d = self.post("/v1/chat/completions", {"model": "llama-3"})
+        self.pump()
+        error = ServiceUnavailable(
+            "service 'chat' failed to start: process exited with status 1 while starting",
+            retry_after=0.4,
+            retryable=False,
+            output_tail=("loading", "CUDA error: out of memory"),
+        )
+        self.backends.fail_start("chat", error=error)
+        code, headers, body = self.result(d)
+        self.assertEqual(code, 503)
+        self.assertEqual(headers.getRawHeaders(b"retry-after"), [b"1"])
+        self.assertEqual(headers.getRawHeaders(b"x-should-retry"), [b"false"])
+        self.assertEqual(
+            json.loads(body)["error"]["message"],
+            "service 'chat' failed to start: process exited with status 1 while starting\n"
+            "Last output of the server:\nloading\nCUDA error: out of memory",
+        )
+
+    def test_retryable_failure_without_back_off(self) -> None:
+        """Nothing known about retrying: neither header."""
+        d = self.post("/v1/chat/completions", {"model": "llama-3"})
+        self.pump()
+        self.backends.fail_start("chat", "gave up waiting")
+        _, headers, _ = self.result(d)
+        self.assertIsNone(headers.getRawHeaders(b"retry-after"))
+        self.assertIsNone(headers.getRawHeaders(b"x-should-retry"))
 
     def test_client_leaves_while_waiting(self) -> None:
         """Its wait is cancelled at once; the start then forwards nothing."""

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from lmproxy.config import Config, ResourceConfig, ServiceConfig
+from lmproxy.core.backoff import BACKOFF_FIRST_SECONDS
 from lmproxy.core.groups import GROUP_POLL_SECONDS, STOP_GRACE_SECONDS
 from lmproxy.core.readiness import PROBE_FIRST_DELAY, PROBE_MAX_DELAY, ReadinessReactor
 from lmproxy.core.shell import SETSID
@@ -534,8 +535,14 @@ class FailedStartTests(SupervisorTestCase):
         self.unavailable(d, f"service 'A' failed to start: {reason}")
         self.assertEqual(self.spawned("A"), [])
         self.assertEqual(self.state("A"), ServiceState.STOPPED)
-        self.assertEqual(self.status("A").last_failure, StartFailure(T0, reason))
-        self.assertIn(f"A: start failed: {reason}", [formatEvent(e) for e in events])
+        self.assertEqual(
+            self.status("A").last_failure,
+            StartFailure(T0, reason, retryable=False, retry_at=T0 + BACKOFF_FIRST_SECONDS),
+        )
+        self.assertIn(
+            f"A: start failed: {reason} (next try in 1 s at the earliest)",
+            [formatEvent(e) for e in events],
+        )
         self.assertEqual(self.state("B"), ServiceState.RUNNING)
         self.assertIsNone(self.status("B").last_failure)
         b.release()
@@ -576,12 +583,13 @@ class FailedStartTests(SupervisorTestCase):
         self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertEqual(self.status("A").waiting_connections, 0)
         self.assertEqual(self.free("VRAM"), 10)
-        # The next client starts it again.
+        # The next client after the back-off starts it again.
+        self.reactor.advance(BACKOFF_FIRST_SECONDS)
         d = self.acquire("A")
         self.assertEqual(len(self.spawned("A")), 2)
         self.ready("A")
         self.successResultOf(d)
-        self.assertEqual(self.status("A").starts, 1)
+        self.assertEqual(self.status("A").starts, 2, "attempts")
         self.assertEqual(self.status("A").failed_starts, 1)
 
     def test_start_after_timeout_probes_new_port(self) -> None:
@@ -590,6 +598,7 @@ class FailedStartTests(SupervisorTestCase):
         d = self.acquire("A")
         self.reactor.advance(5)
         self.failureResultOf(d, ServiceUnavailable)
+        self.reactor.advance(BACKOFF_FIRST_SECONDS)
         d = self.acquire("A")
         self.assertEqual(self.probes(), [(HOST, 9001)])
         self.ready("A")
@@ -623,6 +632,92 @@ class FailedStartTests(SupervisorTestCase):
         self.assertIn("model.invalid", str(failure.value))
         self.assertEqual(self.state("A"), ServiceState.STOPPED)
         self.assertTrue(self.spawned("A")[0].exited)
+
+
+class BackoffTests(SupervisorTestCase):
+    """After a failed start a service backs off: its clients are answered at once."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.supervise(
+            [
+                self.service("A", {"VRAM": 6}, startup_timeout=5.0),
+                self.service("B", {"VRAM": 6}),
+            ],
+            [ResourceConfig("VRAM", 10)],
+        )
+
+    def fail_start(self, exit_code: int | None = 1) -> ServiceUnavailable:
+        """A client of A; A's process writes a line and exits (or its start times out)."""
+        d = self.acquire("A")
+        process = self.proc("A")
+        process.output(b"loading model.gguf\nCUDA error: out of memory\n", fd=2)
+        if exit_code is None:
+            self.reactor.advance(5)
+        else:
+            process.exit(exit_code)
+        return self.failureResultOf(d, ServiceUnavailable).value
+
+    def test_refused_at_once_and_nothing_evicted(self) -> None:
+        """
+        A client during the back-off gets the reason, the server's last lines
+        and when to retry, at once; the idle B holding what A needs stays.
+        """
+        error = self.fail_start()
+        self.assertEqual(
+            (error.retry_after, error.retryable, error.output_tail),
+            (1.0, False, ("loading model.gguf", "CUDA error: out of memory")),
+        )
+        self.run_idle("B")
+        self.reactor.advance(0.4)
+        d = self.acquire("A")
+        refused = self.failureResultOf(d, ServiceUnavailable).value
+        self.assertEqual(
+            str(refused),
+            "service 'A' failed to start: process exited with status 1 while starting"
+            " (next try in 1 s)",
+        )
+        self.assertAlmostEqual(refused.retry_after or 0, 0.6)
+        self.assertEqual(refused.output_tail, error.output_tail)
+        self.assertEqual(len(self.spawned("A")), 1)
+        self.assertEqual(self.state("B"), ServiceState.RUNNING)
+        self.assertEqual(self.observer.evicted, [])
+        failure = self.status("A").last_failure
+        assert failure is not None
+        self.assertEqual(failure.retry_at, T0 + 1.0)
+
+    def test_doubles_up_to_a_minute(self) -> None:
+        """1 s, 2 s, 4 s ... 60 s between failed starts."""
+        delays = []
+        for _ in range(8):
+            error = self.fail_start()
+            delays.append(error.retry_after)
+            assert error.retry_after is not None
+            self.reactor.advance(error.retry_after)
+        self.assertEqual(delays, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0])
+
+    def test_a_timeout_may_be_retried(self) -> None:
+        """A start that timed out may pass next time: retryable."""
+        self.assertTrue(self.fail_start(exit_code=None).retryable)
+
+    def test_reset_by_a_good_start(self) -> None:
+        """After a start that succeeds, the next failure backs off 1 s again."""
+        self.reactor.advance(self.fail_start().retry_after or 0)
+        self.reactor.advance(self.fail_start().retry_after or 0)
+        d = self.acquire("A")
+        self.ready("A")
+        self.successResultOf(d).release()
+        self.assertIsNone(self.status("A").last_failure.retry_at)  # type: ignore[union-attr]
+        self.supervisor.stop("A", False)
+        self.assertEqual(self.fail_start().retry_after, 1.0)
+
+    def test_reset_by_a_start_action(self) -> None:
+        """POST /start (IBackends.start) tries at once, back-off or not."""
+        self.fail_start()
+        d = self.supervisor.start("A")
+        self.assertEqual(len(self.spawned("A")), 2)
+        self.ready("A")
+        self.successResultOf(d)
 
 
 class WaitingTests(SupervisorTestCase):
@@ -1849,7 +1944,12 @@ class StatusTests(SupervisorTestCase):
         b_lease.release()
         pid = self.proc("A").pid
         starting = evolve(
-            stopped, status=ServiceState.STARTING, waiting_connections=1, last_used=T0 + 1, pid=pid
+            stopped,
+            status=ServiceState.STARTING,
+            waiting_connections=1,
+            last_used=T0 + 1,
+            pid=pid,
+            starts=1,
         )
         self.assertEqual(self.status("A"), starting)
         self.assertEqual(self.status("B").evictions, 1)

@@ -26,25 +26,19 @@ supervisor) hears of every transition and decides what may start.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lmproxy.config import ServiceConfig
+from lmproxy.core.backoff import FailedStarts
 from lmproxy.core.lease import Lease
 from lmproxy.core.leftovers import Leftovers
+from lmproxy.core.owner import LifecycleOwner
 from lmproxy.core.process import ServiceProcess
 from lmproxy.core.startup import Launcher, StartAttempt, StartFailed
 from lmproxy.core.waiters import Waiters
-from lmproxy.interfaces import (
-    ILease,
-    ServiceState,
-    ServiceStatus,
-    ServiceUnavailable,
-    StartFailure,
-)
+from lmproxy.interfaces import ILease, ServiceState, ServiceStatus, ServiceUnavailable
 from lmproxy.logs import log_observer
 from lmproxy.timers import Timer
 
@@ -72,28 +66,6 @@ class ImpossibleTransition(AssertionError):
     """A move that L{TRANSITIONS} does not list: a bug in lmproxy."""
 
 
-class LifecycleOwner(Protocol):
-    """What a lifecycle tells its owner, the scheduler of every service."""
-
-    @property
-    def shutting_down(self) -> bool:
-        """True once lmproxy is stopping: no new clients, no new starts."""
-
-    def transitioned(
-        self, lifecycle: ServiceLifecycle, old: ServiceState, new: ServiceState
-    ) -> None:
-        """C{lifecycle} just moved from C{old} to C{new}."""
-
-    def idle(self, lifecycle: ServiceLifecycle) -> None:
-        """C{lifecycle} became L{ServiceLifecycle.idle}: it could be evicted now."""
-
-    def changed(self, lifecycle: ServiceLifecycle) -> None:
-        """Something C{lifecycle.status()} shows changed (a count, last used)."""
-
-    def start_finished(self, lifecycle: ServiceLifecycle, seconds: float, ok: bool) -> None:
-        """A start attempt of C{lifecycle} ended after C{seconds}."""
-
-
 class ServiceLifecycle:
     """One service's state and everything that belongs to it (see the module docstring)."""
 
@@ -113,9 +85,8 @@ class ServiceLifecycle:
         self.host: str | None = None  # of the current run
         self.generation = 0  # successful starts: a lease knows which run it used
         self.starts = 0
-        self.failed_starts = 0
         self.evictions = 0
-        self.last_failure: StartFailure | None = None
+        self._failures = FailedStarts(self.name, launcher.reactor)
         self.process: ServiceProcess | None = None
         self._owner = owner
         self._launcher = launcher
@@ -159,9 +130,9 @@ class ServiceLifecycle:
             openai_models=config.openai_api_models,
             pid=None if self.process is None else self.process.pid,
             starts=self.starts,
-            failed_starts=self.failed_starts,
+            failed_starts=self._failures.count,
             evictions=self.evictions,
-            last_failure=self.last_failure,
+            last_failure=self._failures.last,
         )
 
     # -- clients ----------------------------------------------------------
@@ -170,11 +141,20 @@ class ServiceLifecycle:
         """A lease of a running backend, once there is one (see L{IBackends.acquire})."""
         if self._owner.shutting_down:
             return fail(ServiceUnavailable("lmproxy is shutting down"))
+        if self.state is STOPPED or self.state is STOPPING:
+            refusal = self._failures.refusal()
+            if refusal is not None:  # it backs off after a failed start
+                return fail(refusal)
         self.touch()
         if self.state is RUNNING:
             return succeed(self._new_lease(reconnected))
         # An earlier waiter's callback may have stopped it again: ask again.
         return self._wait().addCallback(lambda _: self.acquire(reconnected))
+
+    def reset_backoff(self) -> None:
+        """Someone asked for a start: it may start now, back-off or not."""
+        if self._failures.reset():
+            self._owner.changed(self)
 
     def touch(self) -> None:
         """A use: refresh last_used, and re-arm the idle timer of a running service."""
@@ -250,6 +230,7 @@ class ServiceLifecycle:
     def start(self) -> None:
         """The owner placed this service (its resources are reserved): start it."""
         self._transition(STARTING)
+        self.starts += 1  # attempts: failed_starts counts the failures among them
         self._waiters.end_deadlines()
         attempt = self._attempt = self._launcher.attempt(self.config)
         self.process = attempt.process
@@ -262,14 +243,15 @@ class ServiceLifecycle:
         self.log.failure("{service}: start crashed", failure, service=self.name)
         if self._attempt is not attempt or self.state is not STARTING:
             return None
-        return Deferred.fromCoroutine(self._start_failed(attempt, "lmproxy failed (see its log)"))
+        crashed = StartFailed("lmproxy failed (see its log)")
+        return Deferred.fromCoroutine(self._start_failed(attempt, crashed))
 
     async def _run_start(self, attempt: StartAttempt) -> None:
         try:
             host = await attempt.run()
         except StartFailed as e:
             if self._abort_reason is None:
-                await self._start_failed(attempt, str(e))
+                await self._start_failed(attempt, e)
             else:
                 await self._start_aborted(self._abort_reason)
             return
@@ -281,7 +263,7 @@ class ServiceLifecycle:
         self._attempt = None
         self.host = host
         self.generation += 1
-        self.starts += 1
+        self.reset_backoff()
         self._transition(RUNNING)
         seconds = self._clock.seconds() - attempt.began
         self.log.info("{service}: ready after {seconds:.3f} s", service=self.name, seconds=seconds)
@@ -292,15 +274,22 @@ class ServiceLifecycle:
         if not self._leases:  # its clients left while it started
             self._owner.idle(self)
 
-    async def _start_failed(self, attempt: StartAttempt, reason: str) -> None:
+    async def _start_failed(self, attempt: StartAttempt, failed: StartFailed) -> None:
         self._attempt = None
-        self.failed_starts += 1
-        self.last_failure = StartFailure(self._clock.seconds(), reason)
+        reason = str(failed)
+        delay = self._failures.failed(reason, failed.retryable, attempt.process.output_tail)
         seconds = self._clock.seconds() - attempt.began
-        self.log.error("{service}: start failed: {reason}", service=self.name, reason=reason)
+        self.log.error(
+            "{service}: start failed: {reason} (next try in {delay:g} s at the earliest)",
+            service=self.name,
+            reason=reason,
+            delay=delay,
+        )
         self._owner.start_finished(self, seconds, False)
         self._transition(STOPPING)
-        self._waiters.fail(f"service {self.name!r} failed to start: {reason}")
+        self._waiters.fail(
+            self._failures.error(f"service {self.name!r} failed to start: {reason}", delay)
+        )
         self._owner.changed(self)
         await self._finish_stop()
 

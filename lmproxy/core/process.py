@@ -11,6 +11,7 @@ import os
 import shlex
 import shutil
 import signal
+from collections import deque
 from collections.abc import Callable
 from typing import IO
 
@@ -33,10 +34,22 @@ from lmproxy.lines import LineSplitter
 from lmproxy.logs import log_observer
 
 KILL_COMMAND_TIMEOUT_SECONDS = 60.0
+OUTPUT_TAIL_LINES = 20
+"""How many of a server's last output lines are kept, to tell why a start failed."""
+OUTPUT_TAIL_LINE_CHARS = 500
 
 
 class StartError(Exception):
-    """The service's command could not be spawned; the message says why."""
+    """
+    The service's command could not be spawned; the message says why.
+
+    @ivar retryable: False when trying again cannot help until the config or
+        the machine changes (no such command, bad Args).
+    """
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def split_args(args: str) -> list[str]:
@@ -112,6 +125,7 @@ class ServiceProcess:
         self._registry = registry
         self._log_file: IO[bytes] | None = None
         self._splitters = {1: LineSplitter(), 2: LineSplitter()}
+        self._tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
         self._transport: IProcessTransport | None = None
         self._kill_command_run: Deferred[ShellResult] | None = None
         self._argv: list[str] = []
@@ -119,6 +133,11 @@ class ServiceProcess:
     @property
     def pid(self) -> int | None:
         return self.group.pgid
+
+    @property
+    def output_tail(self) -> tuple[str, ...]:
+        """The last lines it wrote (stdout and stderr), each cut to a bound."""
+        return tuple(self._tail)
 
     def spawn(self) -> None:
         """Start the process; raises L{StartError} when that is impossible."""
@@ -136,7 +155,7 @@ class ServiceProcess:
             devnull = os.open(os.devnull, os.O_RDONLY)
         except OSError as e:
             self._close_log()
-            raise StartError(f"cannot open {os.devnull}: {e}") from None
+            raise StartError(f"cannot open {os.devnull}: {e}", retryable=True) from None
         self._argv = [executable, *argv]
         try:
             self._transport = self._reactor.spawnProcess(
@@ -149,7 +168,8 @@ class ServiceProcess:
             )
         except OSError as e:
             self._close_log()
-            raise StartError(f"cannot spawn {executable!r}: {e}") from None
+            # Out of processes or descriptors, usually: that may pass.
+            raise StartError(f"cannot spawn {executable!r}: {e}", retryable=True) from None
         finally:
             os.close(devnull)
 
@@ -239,12 +259,15 @@ class ServiceProcess:
                 self.log.warn(
                     "{service}: cannot write log file: {error}", service=self._config.name, error=e
                 )
-        if self._output_logs and fd in self._splitters:
-            self._echo(fd, self._splitters[fd].feed(data))
+        if fd in self._splitters:
+            self._lines(fd, self._splitters[fd].feed(data))
         if self._on_output is not None:
             self._on_output()
 
-    def _echo(self, fd: int, lines: list[str]) -> None:
+    def _lines(self, fd: int, lines: list[str]) -> None:
+        self._tail.extend(line[:OUTPUT_TAIL_LINE_CHARS] for line in lines)
+        if not self._output_logs:
+            return
         stream = "stdout" if fd == 1 else "stderr"
         for line in lines:
             self.log.info(
@@ -261,9 +284,8 @@ class ServiceProcess:
         )
 
     def _ended(self) -> None:
-        if self._output_logs:
-            for fd, splitter in self._splitters.items():
-                self._echo(fd, splitter.flush())
+        for fd, splitter in self._splitters.items():
+            self._lines(fd, splitter.flush())
         self._close_log()
 
     def _close_log(self) -> None:

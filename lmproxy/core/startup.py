@@ -24,7 +24,17 @@ log = Logger(observer=log_observer)
 
 
 class StartFailed(Exception):
-    """A start attempt failed; the message says why, fit for clients and the log."""
+    """
+    A start attempt failed; the message says why, fit for clients and the log.
+
+    @ivar retryable: False when the next attempt would fail the same way until
+        the config or the machine changes (see L{StartError.retryable}; a
+        server that exits while it starts, a target port that is no port).
+    """
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @frozen
@@ -79,12 +89,13 @@ class StartAttempt:
         if not is_tcp_port(config.proxy_target_port):
             # Loaded, as upstream loads it, with a warning: it can never start.
             raise StartFailed(
-                f"ProxyTargetPort {config.proxy_target_port} is not a port number (1-65535)"
+                f"ProxyTargetPort {config.proxy_target_port} is not a port number (1-65535)",
+                retryable=False,
             )
         try:
             self.process.spawn()
         except StartError as e:
-            raise StartFailed(str(e)) from None
+            raise StartFailed(str(e), e.retryable) from None
         except Exception:
             # A bug, not a state: the start fails (and its process, if any, is
             # stopped) rather than leave the service starting for ever.
@@ -113,5 +124,8 @@ class StartAttempt:
                 1: str(result),
                 2: f"not ready within {config.startup_timeout:g} s",
                 3: f"process {self.process.exit_description} while starting",
-            }[index]
+            }[index],
+            # A server that exits as it starts (a bad flag, no such model
+            # file, out of memory) does it again on the next try.
+            retryable=index != 3,
         )

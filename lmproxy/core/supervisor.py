@@ -117,6 +117,9 @@ class Supervisor(Service):
         return fail(UnknownService(service)) if lifecycle is None else lifecycle.acquire()
 
     def start(self, service: str) -> Deferred[None]:
+        lifecycle = self._lifecycles.get(service)
+        if lifecycle is not None:
+            lifecycle.reset_backoff()  # asked for explicitly: try now
         return self.acquire(service).addCallback(lambda lease: lease.release())
 
     def stop(self, service: str, force: bool) -> Deferred[None]:

@@ -69,10 +69,12 @@ class Waiters:
         for waiter in self._take():
             waiter.deferred.callback(None)
 
-    def fail(self, message: str) -> None:
-        """The service will not run for them: fail every waiter with C{message}."""
+    def fail(self, error: str | ServiceUnavailable) -> None:
+        """The service will not run for them: fail every waiter with C{error}."""
+        if isinstance(error, str):
+            error = ServiceUnavailable(error)
         for waiter in self._take():
-            waiter.deferred.errback(ServiceUnavailable(message))
+            waiter.deferred.errback(error)
 
     def _take(self) -> list[_Waiter]:
         waiters, self._waiters = self._waiters, []

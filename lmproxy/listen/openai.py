@@ -17,6 +17,7 @@ its JSON answers.
 from __future__ import annotations
 
 import json
+import math
 from itertools import chain
 from typing import Any
 
@@ -197,8 +198,7 @@ class OpenAiApi:
         try:
             lease = await self._backends.acquire(service)
         except ServiceUnavailable as e:
-            log.info("Request for {service} failed: {why}", service=service, why=str(e))
-            return error_response(request, 503, str(e), "server_error", code="service_unavailable")
+            return _unavailable(request, service, e)
         try:
             while True:
                 try:
@@ -217,8 +217,7 @@ class OpenAiApi:
                     lease = await lease.reconnect()
             await relay(response, request, service)
         except ServiceUnavailable as e:
-            log.info("Request for {service} failed: {why}", service=service, why=str(e))
-            return error_response(request, 503, str(e), "server_error", code="service_unavailable")
+            return _unavailable(request, service, e)
         except _CONNECT_ERRORS as e:
             message = f"Could not connect to service {service!r}: {e}"
             log.info("{message}", message=message)
@@ -326,3 +325,21 @@ def _cancelled(error: Exception) -> bool:
     """Whether C{error} is the backend exchange ending because we cancelled it."""
     reasons = getattr(error, "reasons", None) or []
     return bool(reasons) and all(reason.check(CancelledError) for reason in reasons)
+
+
+def _unavailable(request: IRequest, service: str, error: ServiceUnavailable) -> bytes:
+    """
+    OpenAI's 503 for a service that cannot serve now: the reason and the last
+    lines its server wrote, when to retry (C{Retry-After}, the back-off after a
+    failed start), and C{x-should-retry: false} when retrying cannot help (the
+    header OpenAI's SDKs obey), so that they do not retry a broken model.
+    """
+    log.info("Request for {service} failed: {why}", service=service, why=str(error))
+    message = str(error)
+    if error.output_tail:
+        message += "\nLast output of the server:\n" + "\n".join(error.output_tail)
+    if error.retry_after is not None:
+        request.setHeader(b"retry-after", b"%d" % max(1, math.ceil(error.retry_after)))
+    if not error.retryable:
+        request.setHeader(b"x-should-retry", b"false")
+    return error_response(request, 503, message, "server_error", code="service_unavailable")

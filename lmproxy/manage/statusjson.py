@@ -57,7 +57,13 @@ def service_json(service: ServiceStatus) -> JSONObject:
 def _failure_json(failure: StartFailure | None) -> JSONObject | None:
     if failure is None:
         return None
-    return {"at": rfc3339(failure.at), "reason": failure.reason}
+    return {
+        "at": rfc3339(failure.at),
+        "reason": failure.reason,
+        "output_tail": list(failure.output_tail),
+        "retryable": failure.retryable,
+        "retry_at": None if failure.retry_at is None else rfc3339(failure.retry_at),
+    }
 
 
 def resource_json(resource: ResourceStatus) -> JSONObject:

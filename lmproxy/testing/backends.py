@@ -142,12 +142,14 @@ class FakeBackends:
             d.callback(self._lease(service))
         self.changed([service])
 
-    def fail_start(self, service: str, message: str = "start failed") -> None:
-        """The start of C{service} failed: fail everyone waiting."""
+    def fail_start(
+        self, service: str, message: str = "start failed", error: ServiceUnavailable | None = None
+    ) -> None:
+        """The start of C{service} failed: fail everyone waiting (with C{error}, if given)."""
         self.states[service] = ServiceState.STOPPED
         waiters, self.pending[service] = self.pending[service], []
         for d in waiters:
-            d.errback(ServiceUnavailable(message))
+            d.errback(error or ServiceUnavailable(message))
         self.changed([service])
 
     def start(self, service: str) -> Deferred[None]:

@@ -31,7 +31,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.server import Site
 
 from lmproxy.config import Config, ResourceConfig, ServiceConfig
-from lmproxy.interfaces import ServiceState
+from lmproxy.interfaces import ServiceState, StartFailure
 from lmproxy.manage.api import ManagementApi
 from lmproxy.testing import ScriptedBackends
 from tests.harness import Lmproxy, demo_service, free_ports, http, raw_connect, wait_for
@@ -288,6 +288,18 @@ class DashboardBrowserTests(BrowserTestCase):
         self.backends = ScriptedBackends(self.config, started_at=now - 26 * 3600)
         self.backends.service_changes[ZETA] = {"last_used": now - 3 * 3600}
         self.backends.service_changes[ALPHA] = {"last_used": now - 42, "pid": 41234}
+        # A failed start whose back-off lasts the whole test; a long unbroken
+        # reason must wrap, not widen the page.
+        self.backends.service_changes[MARKUP] = {
+            "failed_starts": 1,
+            "last_failure": StartFailure(
+                now - 12,
+                "<b>exited</b> " + "x" * 400,
+                ("<i>CUDA error</i>: out of memory", "bye"),
+                True,
+                now + 3600,
+            ),
+        }
         self.api = ManagementApi(self.backends, self.config, reactor, log_poll_interval=0.1)
         self.site = ConnectionTracker(Site(self.api.app.resource()))
         self.port = self.listen(0)
@@ -426,6 +438,31 @@ class DashboardBrowserTests(BrowserTestCase):
         link = self.row(self.driver, ALPHA).find_element(By.CSS_SELECTOR, "a.service-name")
         self.assertEqual(link.get_attribute("href"), "http://localhost:8081/")
         self.assertEqual(link.get_attribute("target"), "_blank")
+        self.failure_is_shown()
+
+    def failure_is_shown(self) -> None:
+        """The last failed start under its row: when, why, the countdown, the output."""
+        assert self.driver is not None
+        failure = self.row(self.driver, MARKUP).find_element(By.CSS_SELECTOR, ".failure-row")
+        text = failure.find_element(By.CSS_SELECTOR, ".failure-text").text
+        self.assertTrue(text.startswith("failed ") and ": <b>exited</b> xxx" in text, text)
+        retry = failure.find_element(By.CSS_SELECTOR, ".failure-retry").text
+        self.assertRegex(retry, r"next try in \d+ s")
+        self.assertEqual(failure.find_elements(By.CSS_SELECTOR, "b, i"), [])
+        failure.find_element(By.CSS_SELECTOR, ".failure-tail summary").click()
+        output = failure.find_element(By.CSS_SELECTOR, "pre.failure-output")
+        self.wait(lambda d: output.is_displayed(), "the output never opened")
+        self.assertEqual(output.text, "<i>CUDA error</i>: out of memory\nbye")
+        self.assertEqual(
+            self.row(self.driver, ALPHA).find_elements(
+                By.CSS_SELECTOR, ".failure-row:not([hidden])"
+            ),
+            [],
+        )
+        width, client = self.driver.execute_script(
+            "const e = document.querySelector('.table-wrap');return [e.scrollWidth, e.clientWidth];"
+        )
+        self.assertLessEqual(width, client, "the table overflows sideways")
 
     def sort_by_name_and_reload(self) -> None:
         assert self.driver is not None

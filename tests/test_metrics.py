@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from twisted.internet.task import Clock
 
-from lmproxy.interfaces import ServiceState
+from lmproxy.interfaces import ServiceState, StartFailure
 from lmproxy.manage.api import ManagementApi
 from lmproxy.manage.metrics import Metrics
 from lmproxy.testing import ScriptedBackends
@@ -76,6 +76,63 @@ class MetricsTests(ApiCase):
         samples = self.scrape()["lmproxy_service_last_used_timestamp_seconds"]
         self.assertEqual([s.labels["service"] for s in samples], [ALPHA])
         self.assertEqual(self.value("lmproxy_start_time_seconds"), self.backends.started_at)
+
+    def test_last_failure_and_backoff(self) -> None:
+        """The last failed start and the end of its back-off, as /status has them."""
+        failure = StartFailure(1_800_000_000.25, "exited", ("CUDA error",), True, 1_800_000_002.25)
+        self.backends.service_changes[ALPHA] = {"last_failure": failure}
+        self.assertEqual(
+            self.value("lmproxy_service_last_failure_timestamp_seconds", service=ALPHA),
+            1_800_000_000.25,
+        )
+        self.assertEqual(
+            self.value("lmproxy_service_backoff_until_timestamp_seconds", service=ALPHA),
+            1_800_000_002.25,
+        )
+        families = self.scrape()
+        for name in [
+            "lmproxy_service_last_failure_timestamp_seconds",
+            "lmproxy_service_backoff_until_timestamp_seconds",
+        ]:
+            self.assertEqual([s.labels["service"] for s in families[name]], [ALPHA], name)
+
+    def test_backoff_over(self) -> None:
+        """Reset (C{retry_at} None): the last failure stays, the back-off has no sample."""
+        failure = StartFailure(1_800_000_000.0, "exited", (), False, None)
+        self.backends.service_changes[ALPHA] = {"last_failure": failure}
+        families = self.scrape()
+        self.assertEqual(families["lmproxy_service_backoff_until_timestamp_seconds"], [])
+        self.assertEqual(
+            self.value("lmproxy_service_last_failure_timestamp_seconds", service=ALPHA),
+            1_800_000_000.0,
+        )
+
+    def test_backoff_past_with_a_clock(self) -> None:
+        """Given the clock, a back-off whose end has passed has no sample."""
+        clock = Clock()
+        clock.advance(1_800_000_010.0)
+        failure = StartFailure(1_800_000_000.0, "exited", (), True, 1_800_000_020.0)
+        self.backends.service_changes[ALPHA] = {"last_failure": failure}
+        metrics = Metrics(self.backends, clock)
+        name = "lmproxy_service_backoff_until_timestamp_seconds"
+        self.assertEqual(metrics.registry.get_sample_value(name, {"service": ALPHA}), 1_800_000_020)
+        clock.advance(10)
+        self.assertIsNone(metrics.registry.get_sample_value(name, {"service": ALPHA}))
+        self.assertEqual(
+            metrics.registry.get_sample_value(
+                "lmproxy_service_last_failure_timestamp_seconds", {"service": ALPHA}
+            ),
+            1_800_000_000,
+        )
+
+    def test_help_texts(self) -> None:
+        """Starts count every attempt; failures are among them."""
+        _, body = self.client.request("GET", "/metrics")
+        text = body.decode("utf-8")
+        self.assertIn(
+            "# HELP lmproxy_service_starts_total Start attempts (failed ones included).", text
+        )
+        self.assertIn("counted in lmproxy_service_starts_total too", text)
 
     def test_start_duration_histogram(self) -> None:
         for observer in self.backends.observers:

@@ -142,7 +142,7 @@ class ManagementApi:
         self._clock = clock
         self._heartbeat = heartbeat
         self._log_poll_interval = log_poll_interval
-        self.metrics = Metrics(backends)
+        self.metrics = Metrics(backends, self._clock)
 
     # Helpers
 

@@ -6,6 +6,10 @@ they always agree with C{/status}; the start duration histogram is fed by
 C{IStatusObserver.start_finished}, the one figure a snapshot cannot give.  The
 registry belongs to L{Metrics}, never the process-wide default one, so several
 apps (and tests) never share or clash over series.
+
+Timestamps are POSIX seconds, as Prometheus wants them: a service's last use,
+its last failed start, and the end of the back-off after it (compare with
+C{time()} in PromQL).
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from lmproxy.interfaces import (
     IBackends,
     IStatusObserver,
     ServiceState,
+    ServiceStatus,
     Snapshot,
     StatusChange,
 )
@@ -32,8 +38,9 @@ START_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 class _SnapshotCollector(Collector):
     """Everything a snapshot tells, read at scrape time."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(self, snapshot: Callable[[], Snapshot], clock: IReactorTime | None) -> None:
         self._snapshot = snapshot
+        self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
         snap = self._snapshot()
@@ -58,8 +65,18 @@ class _SnapshotCollector(Collector):
         last_used = gauge(
             "lmproxy_service_last_used_timestamp_seconds", "When a client last used it."
         )
-        starts = counter("lmproxy_service_starts", "Start attempts.")
-        failed = counter("lmproxy_service_failed_starts", "Start attempts that failed.")
+        last_failure = gauge(
+            "lmproxy_service_last_failure_timestamp_seconds", "When its last start failed."
+        )
+        backoff_until = gauge(
+            "lmproxy_service_backoff_until_timestamp_seconds",
+            "When the back-off after its last failed start ends; no sample once it is over.",
+        )
+        starts = counter("lmproxy_service_starts", "Start attempts (failed ones included).")
+        failed = counter(
+            "lmproxy_service_failed_starts",
+            "Start attempts that failed, counted in lmproxy_service_starts_total too.",
+        )
         evictions = counter(
             "lmproxy_service_evictions", "Times it was stopped to free resources for another."
         )
@@ -70,10 +87,25 @@ class _SnapshotCollector(Collector):
             proxied.add_metric([s.name], s.proxied_connections)
             if s.last_used is not None:
                 last_used.add_metric([s.name], s.last_used)
+            if s.last_failure is not None:
+                last_failure.add_metric([s.name], s.last_failure.at)
+            retry_at = self._backoff_until(s)
+            if retry_at is not None:
+                backoff_until.add_metric([s.name], retry_at)
             starts.add_metric([s.name], s.starts)
             failed.add_metric([s.name], s.failed_starts)
             evictions.add_metric([s.name], s.evictions)
-        yield from (state, waiting, proxied, last_used, starts, failed, evictions)
+        yield from (state, waiting, proxied, last_used, last_failure, backoff_until)
+        yield from (starts, failed, evictions)
+
+    def _backoff_until(self, service: ServiceStatus) -> float | None:
+        """When the back-off of C{service} ends; None when it has none or it is over."""
+        failure = service.last_failure
+        if failure is None or failure.retry_at is None:
+            return None
+        if self._clock is not None and failure.retry_at <= self._clock.seconds():
+            return None
+        return failure.retry_at
 
     def _resources(self, snap: Snapshot) -> Iterator[Metric]:
         def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
@@ -117,9 +149,16 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, backends: IBackends) -> None:
+    def __init__(self, backends: IBackends, clock: IReactorTime | None = None) -> None:
+        """
+        @param backends: what the metrics describe.
+        @param clock: the time the supervisor's timestamps are read on: a
+            back-off whose end has passed has no sample.  Without it, the end
+            of a back-off is shown until the next start resets it (as
+            C{/status} shows C{retry_at}).
+        """
         self.registry = CollectorRegistry()
-        self.registry.register(_SnapshotCollector(backends.snapshot))
+        self.registry.register(_SnapshotCollector(backends.snapshot, clock))
         self._start_duration = Histogram(
             "lmproxy_service_start_duration_seconds",
             "How long start attempts took, by result (succeeded or failed).",

@@ -115,7 +115,7 @@ test("cards: nobody uses RAM, and says so", () => {
   assert.equal(byClass(grid.childNodes[0], "muted")[0].hidden, true);
 });
 
-function servicesView() {
+function servicesView(now = () => 0) {
   const store = freshStore();
   const table = new FakeElement("table");
   const empty = new FakeElement("tbody");
@@ -131,7 +131,7 @@ function servicesView() {
     store,
     storage: null,
     act: (name, action) => acted.push([name, action]),
-    now: () => 0,
+    now,
   });
   view.render();
   const rows = () => table.childNodes.slice(2);
@@ -196,4 +196,43 @@ test("rows: the buttons ask for their action; a stopped service offers Start", (
   view.row("zeta").setBusy("start");
   assert.equal(button("start").textContent, "Starting…");
   assert.equal(button("start").disabled, true);
+});
+
+test("rows: the last failed start under its row, counting down, its output as text", () => {
+  let now = Date.parse("2026-11-26T21:04:06Z");
+  const { view, rows, store } = servicesView(() => now);
+  const [zeta] = rows();
+  const [failureRow] = byClass(zeta, "failure-row");
+  assert.equal(failureRow.hidden, true, "no failure, no line");
+  const failure = {
+    at: "2026-11-26T21:03:54Z",
+    reason: "<b>exited</b>",
+    output_tail: ["<i>CUDA error</i>", "out of memory"],
+    retryable: true,
+    retry_at: "2026-11-26T21:04:11Z",
+  };
+  store.apply("service", { ...SERVICES[0], failed_starts: 1, last_failure: failure });
+  view.render();
+  assert.equal(rows()[0], zeta);
+  assert.equal(failureRow.hidden, false);
+  assert.equal(zeta.classList.contains("has-failure"), true);
+  const text = () => byClass(zeta, "failure-text")[0].textContent;
+  const retry = byClass(zeta, "failure-retry")[0];
+  assert.equal(text(), "failed 12 s ago: <b>exited</b>");
+  assert.equal(retry.textContent, " · next try in 5 s");
+  const [output] = byClass(zeta, "failure-output");
+  assert.equal(output.textContent, "<i>CUDA error</i>\nout of memory");
+  assert.deepEqual(output.children, [], "no elements made of the output");
+  assert.deepEqual(byClass(zeta, "failure-text")[0].children, []);
+  now += 2000;
+  view.tick();
+  assert.equal(retry.textContent, " · next try in 3 s");
+  assert.equal(text(), "failed 14 s ago: <b>exited</b>");
+  now += 3000;
+  view.tick();
+  assert.equal(retry.hidden, true, "the back-off is over");
+  store.apply("service", { ...SERVICES[0], last_failure: null });
+  view.render();
+  assert.equal(failureRow.hidden, true);
+  assert.equal(zeta.classList.contains("has-failure"), false);
 });

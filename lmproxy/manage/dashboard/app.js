@@ -3,14 +3,14 @@
 //
 //   transport.js  the link to lmproxy (/events, else polling /status)
 //   store.js      the current status, changed by the link's events
-//   services.js   the table (rows.js, logs.js), sorted (sorting.js)
+//   services.js   the table (rows.js, failure.js, logs.js), sorted (sorting.js)
 //   cards.js      the resource cards (usage.js)
 //   topbar.js     summary, link indicator, banner; feedback.js, actions.js
 //
 // node tests the pure helpers (format.js, states.js, sorting.js, usage.js,
-// colors.js, messages.js), store.js, transport.js, keyed.js and the views
-// (on a small fake DOM) in tests/js/; tests/test_dashboard_browser.py runs it
-// all in Chromium.
+// colors.js, messages.js, failure.js), store.js, transport.js, keyed.js and
+// the views (on a small fake DOM) in tests/js/; tests/test_dashboard_browser.py
+// runs it all in Chromium.
 
 import { Actions } from "./actions.js";
 import { ResourcesView } from "./cards.js";

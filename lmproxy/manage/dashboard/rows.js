@@ -1,7 +1,9 @@
-// One row of the services table (a <tbody> of its own, with the log panel's
-// row under it): built once per service, then updated in place.
+// One row of the services table (a <tbody> of its own, with the row of its
+// last failed start and the log panel's row under it): built once per
+// service, then updated in place.
 
 import { el, setText, swatch } from "./dom.js";
+import { failureLine } from "./failure.js";
 import { ago, formatAmount, plural, safeUrl } from "./format.js";
 import { KeyedList } from "./keyed.js";
 import { LogPanel } from "./logs.js";
@@ -16,6 +18,36 @@ function counter(kind, title) {
     show(n) {
       node.classList.toggle("zero", !n);
       setText(number, formatAmount(n));
+    },
+  };
+}
+
+// "failed 12 s ago: <reason> · next try in 5 s", and what the server wrote.
+function failureBox() {
+  const text = el("span", { class: "failure-text" });
+  const retry = el("span", { class: "failure-retry" });
+  const count = el("span");
+  const output = el("pre", { class: "failure-output" });
+  const summary = el("summary", {}, "Output ", count);
+  const tail = el("details", { class: "failure-tail" }, summary, output);
+  const row = el("tr", { class: "failure-row" }, el("td", { colspan: "7" }, text, retry, tail));
+  row.hidden = true;
+  return {
+    row,
+    /**
+     * @param {ReturnType<typeof failureLine>} line what to say, or null: nothing.
+     * @param {string | undefined} at when it failed (RFC 3339), for the tooltip.
+     */
+    show(line, at) {
+      row.hidden = line === null;
+      if (line === null) return;
+      setText(text, line.text);
+      text.title = new Date(at).toLocaleString();
+      retry.hidden = line.retry === null;
+      setText(retry, line.retry ? ` · ${line.retry}` : "");
+      tail.hidden = line.tail.length === 0;
+      setText(count, `(last ${plural(line.tail.length, "line")})`);
+      setText(output, line.tail.join("\n"));
     },
   };
 }
@@ -62,6 +94,7 @@ export class ServiceRow {
     this.logCell = el("td", { colspan: "7" });
     this.logRow = el("tr", { class: "log-row" }, this.logCell);
     this.logRow.hidden = true;
+    this.failure = failureBox();
     this.node = el(
       "tbody",
       { class: "service" },
@@ -76,6 +109,7 @@ export class ServiceRow {
         needsCell,
         el("td", { class: "actions" }, this.startButton, this.stopButton, this.logsButton),
       ),
+      this.failure.row,
       this.logRow,
     );
   }
@@ -138,8 +172,11 @@ export class ServiceRow {
     setText(this.details, parts.join(" · "));
   }
 
-  /** Show the age of the last use again (called every second). */
+  /** Show the ages and the back-off's countdown again (called every second). */
   tick() {
+    const failure = this.service?.last_failure;
+    this.failure.show(failureLine(failure, this.now()), failure?.at);
+    this.node.classList.toggle("has-failure", Boolean(failure));
     const iso = this.service?.last_used;
     setText(this.lastUsed, ago(iso, this.now()));
     if (iso) {

@@ -2,4 +2,4 @@
 
 from lmproxy.cli import main
 
-main()
+raise SystemExit(main())

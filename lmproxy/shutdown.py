@@ -4,22 +4,22 @@ How lmproxy ends on SIGINT and SIGTERM.
 The first signal stops the reactor, which stops every service in parallel
 before lmproxy exits 0, as large-model-proxy does; a second one kills every
 service's process group at once instead of waiting for graceful stops.
+Signals that came before the reactor ran were held by
+L{lmproxy.quitsignals.QuitSignals}, installed earlier still: they are acted
+on as soon as it runs.
 """
 
 from __future__ import annotations
 
 import signal
 from collections.abc import Callable
-from types import FrameType
 from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.logger import Logger
 
 from lmproxy.logs import log_observer
-
-SignalHandler = Callable[[int, FrameType | None], None]
-"""What C{signal.signal} installs."""
+from lmproxy.quitsignals import QuitSignals
 
 
 class KillsAll(Protocol):
@@ -32,8 +32,13 @@ class KillsAll(Protocol):
 class ShutdownReactor(Protocol):
     """The parts of the reactor that L{ShutdownSignals} uses."""
 
-    def callWhenRunning(self, callable: Callable[..., Any], *args: Any) -> object:
-        """Call C{callable} once the reactor runs."""
+    running: bool
+    """Is the reactor running?"""
+
+    def addSystemEventTrigger(
+        self, phase: str, eventType: str, callable: Callable[..., Any], *args: Any
+    ) -> object:
+        """Call C{callable} in the given phase of the given event."""
 
     def callFromThread(self, callable: Callable[..., Any], *args: Any) -> None:
         """Call C{callable} in the reactor's thread, on its next turn."""
@@ -44,11 +49,11 @@ class ShutdownReactor(Protocol):
 
 class ShutdownSignals(Service):
     """
-    The handlers of SIGINT and SIGTERM, from the moment the reactor runs.
+    What SIGINT and SIGTERM do from the moment the reactor runs.
 
-    They replace the reactor's own, which would make twistd re-raise the
-    signal at exit (lmproxy would not exit 0) and log an error for a second
-    signal.
+    The handler stays L{QuitSignals}' own: it replaces the reactor's, which
+    would make twistd re-raise the signal at exit (lmproxy would not exit 0)
+    and log an error for a second signal.
     """
 
     log = Logger(observer=log_observer)
@@ -57,24 +62,34 @@ class ShutdownSignals(Service):
         self,
         supervisor: KillsAll,
         reactor: ShutdownReactor,
-        install: Callable[[int, SignalHandler], object] = signal.signal,
+        quit: QuitSignals,
     ) -> None:
         """
         @param supervisor: kills every service on a second signal.
         @param reactor: stopped on the first signal.
-        @param install: installs a signal handler (C{signal.signal}).
+        @param quit: the process's signal handler, which hands the signals
+            over once the reactor runs.
         """
         self._supervisor = supervisor
         self._reactor = reactor
-        self._install_handler = install
+        self._quit = quit
         self._shutting_down = False
 
     def startService(self) -> None:
-        """Install the handlers once the reactor runs."""
+        """Take the signals over once the reactor runs."""
         super().startService()
-        # The reactor installs its own handlers when it starts running; ours
-        # must come after them to replace them.
-        self._reactor.callWhenRunning(self._install)
+        if self._reactor.running:
+            self._take_over()
+        else:
+            # The reactor installs its own SIGTERM handler in the "during
+            # startup" phase, first of all; this trigger, added later, runs
+            # right after it and replaces it, before any "after startup" code.
+            self._reactor.addSystemEventTrigger("during", "startup", self._take_over)
+
+    @property
+    def stopping(self) -> bool:
+        """Is lmproxy stopping (a quit signal was acted on, or the tree is stopping)?"""
+        return self._shutting_down
 
     def stopService(self) -> None:
         """
@@ -84,11 +99,11 @@ class ShutdownSignals(Service):
         super().stopService()
         self._shutting_down = True
 
-    def _install(self) -> None:
-        self._install_handler(signal.SIGINT, self._received)
-        self._install_handler(signal.SIGTERM, self._received)
+    def _take_over(self) -> None:
+        self._quit.install()
+        self._quit.hand_over(self._received)
 
-    def _received(self, signum: int, frame: FrameType | None) -> None:
+    def _received(self, signum: int) -> None:
         # A signal handler runs between any two bytecodes of the reactor's
         # thread: hand the work to the reactor's next turn.
         self._reactor.callFromThread(self._act, signal.Signals(signum).name)

@@ -1,11 +1,14 @@
 """
 The composition root: C{twistd lmproxy}'s options and C{makeService}, which
 builds one C{MultiService} holding the watchdog, the supervisor, the signal
-handlers, a listener per service and the optional OpenAI and management APIs.
+handlers, a listener per service and the optional OpenAI and management APIs;
+and L{run}, which runs that tree in the foreground for the C{lmproxy} command
+(L{lmproxy.cli}) without twistd.
 
 The only module that imports the global reactor.  Start-up time matters
 (clients connect right after launch), so every port is bound and listening
-before anything else is built, and the HTTP APIs' heavier imports (twisted.web,
+before anything else is built (the C{lmproxy} command opens them even before
+this module is imported), and the HTTP APIs' heavier imports (twisted.web,
 Klein, prometheus_client) happen on the reactor's first turn, behind a factory
 that builds its site on first use.
 """
@@ -13,22 +16,24 @@ that builds its site on first use.
 from __future__ import annotations
 
 import os
-import socket
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, MultiService
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.python import usage
 
 from lmproxy.config import Config, ConfigError, load_config
 from lmproxy.core.shell import SETSID
 from lmproxy.core.supervisor import Supervisor
 from lmproxy.core.watchdog import Watchdog
-from lmproxy.listen.ports import AdoptedPort, LazySite, bind_ports
+from lmproxy.launch import fail, fail_ports
+from lmproxy.listen.ports import AdoptedPort, LazySite
+from lmproxy.listen.sockets import ListeningSocket, PortsUnavailable, port_keys, take_ports
 from lmproxy.listen.tcp import ServiceProxyFactory
-from lmproxy.logs import set_log_level
+from lmproxy.logs import log_observer, set_log_level
+from lmproxy.quitsignals import QuitSignals
 from lmproxy.shutdown import ShutdownSignals
 
 if TYPE_CHECKING:
@@ -45,41 +50,44 @@ class Options(usage.Options):
     )
     optParameters = [["config", "c", None, "Path of the config file (JSON or JSONC)."]]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.quit = QuitSignals()
+        """
+        The process's SIGINT and SIGTERM handling: installed by L{postOptions}
+        under twistd; the C{lmproxy} command gives the one it installed first.
+        """
+        self.listening: dict[int, ListeningSocket] = {}
+        """
+        Sockets listening already, by port: the C{lmproxy} command opens
+        them before the config is parsed; L{makeService} opens the others.
+        """
+
     def postOptions(self) -> None:
         """Load the config; a config that cannot be used ends lmproxy with its problems."""
+        # Under twistd, the first of lmproxy's code that runs: no quit signal
+        # is lost (or a KeyboardInterrupt) from here on.
+        self.quit.install()
         try:
             self.loaded: Config = load_config(self["config"], os.getcwd())
         except ConfigError as e:
-            _exit("the config cannot be used:", e.problems)
+            fail("the config cannot be used:", e.problems)
 
 
-def _exit(what: str, problems: list[str]) -> NoReturn:
-    """End lmproxy before it runs: say what is wrong, one problem a line, no traceback."""
-    sys.stderr.write(f"lmproxy: {what}\n")
-    for problem in problems:
-        sys.stderr.write(f"  {problem}\n")
-    sys.stderr.flush()
-    raise SystemExit(1)
-
-
-def _bind(config: Config) -> dict[int, socket.socket]:
+def _listen(config: Config, early: dict[int, ListeningSocket]) -> dict[int, ListeningSocket]:
     """Every port of C{config}, listening; a port that cannot be opened ends lmproxy."""
-    wanted = [(s.listen_port, f"ListenPort of service {s.name!r}") for s in config.services]
-    wanted.append((config.openai_listen_port, "OpenAiApi.ListenPort"))
-    wanted.append((config.management_listen_port, "ManagementApi.ListenPort"))
-    owners = {port: key for port, key in wanted if port is not None}
     try:
-        return bind_ports(owners)
-    except CannotListenError as e:
-        why = getattr(e.socketError, "strerror", None) or e.socketError
-        _exit("a port cannot be opened:", [f"port {e.port} ({owners[e.port]}): {why}"])
+        return take_ports(port_keys(config), early)
+    except PortsUnavailable as e:
+        fail_ports(e.problems)
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Build lmproxy's service tree from parsed options.
 
-    @param options: the parsed command line, with its loaded config.
+    @param options: the parsed command line, with its loaded config (and
+        maybe sockets listening already).
     @param reactor: the reactor to run on (default: the global one).
     @raise SystemExit: a port of the config cannot be opened (the message on
         standard error names it and the key that asks for it).
@@ -90,8 +98,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = global_reactor
     config = options.loaded
     set_log_level(config.log_level)
+    for warning in config.warnings:  # what loads, as upstream loads it, but cannot work
+        _log.warn("config: {problem}", problem=warning)
     # First of all, so that clients can connect while the rest is built.
-    listening = _bind(config)
+    listening = _listen(config, options.listening)
     top = MultiService()
 
     def listen(port: int, factory: IProtocolFactory) -> None:
@@ -108,7 +118,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     watchdog.setServiceParent(top)
     supervisor = Supervisor(config, reactor, groups=watchdog)
     supervisor.setServiceParent(top)
-    ShutdownSignals(supervisor, reactor).setServiceParent(top)
+    signals = ShutdownSignals(supervisor, reactor, options.quit)
+    signals.setServiceParent(top)
     for service in config.services:
         if service.listen_port is not None:
             factory = ServiceProxyFactory(supervisor, service, config.client_buffer_limit, reactor)
@@ -123,8 +134,53 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     for site in sites:
         # Built on the reactor's first turn: after every port listens, before
         # the first client (usually) needs it.
-        reactor.callWhenRunning(reactor.callLater, 0, site.site)
+        reactor.callWhenRunning(reactor.callLater, 0, _prebuild, site, signals)
+    # From here on, twistd may write its pid file and the tree may start (and
+    # spawn the watchdog child) before the reactor runs: a quit signal waits
+    # for the reactor, which stops what was started, instead of exiting.
+    options.quit.hold()
     return top
+
+
+_log = Logger(observer=log_observer)
+
+
+def run(options: Options) -> int:
+    """
+    Run lmproxy in the foreground as C{twistd -n lmproxy} does, without
+    twistd's own start-up (its plugin scan, its imports): the C{lmproxy}
+    command.  Every quit signal goes to L{ShutdownSignals}, and lmproxy
+    exits 0 once the reactor has stopped, whatever stopped it (twistd would
+    re-raise a signal that the reactor's own handler caught).
+
+    @param options: the options, with the config loaded, its sockets
+        listening, and C{options.quit} installed.
+    @return: the exit status, once the reactor stopped and every service with it.
+    """
+    from twisted.internet import reactor
+
+    top = makeService(options, reactor)
+    # As twistd --nodaemon logs: to standard output, in its format, standard
+    # output and error redirected into the log.
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    _log.info(
+        "lmproxy starting up (Python {python}, {reactor})",
+        python=sys.version.split()[0],
+        reactor=type(reactor).__name__,
+    )
+    # As twistd's startApplication does.
+    top.privilegedStartService()
+    top.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    reactor.run()
+    return 0
+
+
+def _prebuild(site: LazySite, signals: ShutdownSignals) -> None:
+    # Not for a lmproxy that a quit signal in its start-up is stopping already
+    # (acted on earlier in this same turn): the imports would only delay the exit.
+    if not signals.stopping:
+        site.site()
 
 
 def _openai_site(supervisor: Supervisor, config: Config, reactor: Any) -> Site:

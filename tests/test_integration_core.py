@@ -59,6 +59,13 @@ class CoreIntegrationTests(TestCase):
         slow start-up work.  (How long launch-to-listen takes is a figure for
         bench/, not a test.)
         """
+        await self.listens_while_start_up_work_is_blocked(None)
+
+    async def test_command_listens_while_start_up_work_is_blocked(self) -> None:
+        """The same with the C{lmproxy} command, which opens its ports before Twisted loads."""
+        await self.listens_while_start_up_work_is_blocked([sys.executable, "-m", "lmproxy"])
+
+    async def listens_while_start_up_work_is_blocked(self, command: list[str] | None) -> None:
         la, ta, lb, tb, api, management = free_ports(6)
         gate = Path(self.mktemp()).resolve()
         gate.mkdir()
@@ -81,6 +88,7 @@ class CoreIntegrationTests(TestCase):
                     demo_service("b", lb, tb),
                 ],
             },
+            command,
         )
         await lmproxy.start()
         await wait_for(started.exists, 15, "the CheckCommand to run")

@@ -4,8 +4,10 @@ port that routes each request by its model.  They get backends from an
 L{lmproxy.interfaces.IBackends} and never start, stop or signal a process
 themselves.
 
- - L{lmproxy.listen.ports}: the listening sockets, bound while the service
-   tree is built and adopted into the reactor when it starts.
+ - L{lmproxy.listen.sockets}: the listening sockets, opened with the standard
+   library alone, before the config's parser and Twisted are imported.
+ - L{lmproxy.listen.ports}: those sockets adopted into the reactor when the
+   service tree starts.
  - L{lmproxy.listen.tcp}: per-service TCP forwarding (C{portforward} factories).
  - L{lmproxy.listen.openai}: the OpenAI port's routes (a Klein app).
  - L{lmproxy.listen.sites}: the twisted.web sites, the OpenAI port's with its

@@ -1,0 +1,115 @@
+"""
+What the C{lmproxy} command needs before the config's parser and Twisted are
+imported: which file is the config, the ports its text seems to ask for, and
+how lmproxy says it cannot run.
+
+L{ports_in} finds the ports in a millisecond, with one regular expression and
+no JSON parser (the config's parser needs ~100 ms of imports, and json5 more
+to parse; even the json module is a few milliseconds of imports), so that
+every port can listen within milliseconds of the launch.  It checks nothing
+and reports nothing: the parser reads the file again and decides, and the
+command then closes what it should not have opened and opens what this missed
+(L{lmproxy.listen.sockets.take_ports}).
+
+Standard library only, and only the modules that the console script has
+imported already (C{re}) or that cost nearly nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+# Not typing.TYPE_CHECKING: importing typing costs ~10 ms on the way to the
+# first listening port.  Type checkers take a TYPE_CHECKING of any origin as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+# Looked for, in this order, when no path is given (as lmproxy.config does).
+_CONFIG_FILES = ("config.json", "config.jsonc")
+
+# A ListenPort key with a port number for its value, quoted or not (JSON5
+# allows unquoted keys), or else a whole string or comment, which is skipped:
+# a ListenPort within a string or comment is not one.
+_SCAN = re.compile(
+    r"""
+      (?: "listenport" | 'listenport' | \blistenport\b ) \s* : \s*
+      (?: "(?P<double>[0-9]+)" | '(?P<single>[0-9]+)' | (?P<bare>[0-9]+)\b )
+    | " (?: [^"\\] | \\. )* " | ' (?: [^'\\] | \\. )* '
+    | //[^\n]* | /\*.*?\*/
+    """,
+    re.IGNORECASE | re.DOTALL | re.VERBOSE | re.ASCII,
+)
+
+
+def config_file(path: str | None, cwd: str) -> str | None:
+    """
+    The config file that L{lmproxy.config.load_config} will read.
+
+    @param path: the C{-c} argument, relative to C{cwd}, or C{None}.
+    @param cwd: lmproxy's working directory.
+    @return: the file's path; C{None} when none is given and neither
+        C{config.json} nor C{config.jsonc} exists.
+    """
+    if path is not None:
+        return os.path.join(cwd, path)
+    candidates = (os.path.join(cwd, name) for name in _CONFIG_FILES)
+    return next((c for c in candidates if os.path.exists(c)), None)
+
+
+def ports_in(text: str) -> list[int]:
+    """
+    The ports that a config's text seems to ask for, without parsing it.
+
+    @param text: the config's JSONC text.
+    @return: the value of every C{ListenPort} key (matched case-insensitively,
+        as the parser does) that is a port number, each once, in the file's
+        order; these are C{Services[*].ListenPort}, C{OpenAiApi.ListenPort}
+        and C{ManagementApi.ListenPort} in a good config.
+    """
+    ports = []
+    for match in _SCAN.finditer(text):
+        digits = match["double"] or match["single"] or match["bare"]
+        if digits is not None and 1 <= int(digits) <= 65535:
+            ports.append(int(digits))
+    return list(dict.fromkeys(ports))
+
+
+def read_text(path: str) -> str:
+    """
+    The text of the file at C{path}, as the parser reads it; C{""} when it
+    cannot be read (the parser will say why).
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def fail(what: str, problems: list[str]) -> NoReturn:
+    """
+    End lmproxy before it runs: say what is wrong, no traceback, exit 1.
+
+    @param what: the first line, after C{lmproxy: }.
+    @param problems: the lines below it, one problem each (indented).
+    """
+    sys.stderr.write(f"lmproxy: {what}\n")
+    for problem in problems:
+        sys.stderr.write(f"  {problem}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+def fail_ports(problems: list[str]) -> NoReturn:
+    """
+    End lmproxy because ports cannot be opened: one line for one port
+    (C{lmproxy: Services[2] ("Gemma-27B").ListenPort 8081: address already in use}).
+
+    @param problems: one line per port (L{lmproxy.listen.sockets.PortsUnavailable}).
+    """
+    if len(problems) == 1:
+        fail(problems[0], [])
+    fail("ports cannot be opened:", problems)

@@ -137,14 +137,6 @@ class ConfigFileTests(SynchronousTestCase):
         self.assertEqual(config_file(None, str(cwd)), str(cwd / "config.json"))
 
 
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
 class PrepareTests(SynchronousTestCase):
     """
     L{prepare}, step by step, with a quit signal delivered during each step
@@ -206,7 +198,7 @@ class PrepareTests(SynchronousTestCase):
         self.assertEqual([s.name for s in options.loaded.services], ["a", "b"])
         self.assertIs(options.quit, self.quit)
         self.assertEqual(sorted(options.listening), sorted(self.ports))
-        self.assertEqual([_accepts(port) for port in self.ports], [True, True, True])
+        self.assertEqual([port_open(port) for port in self.ports], [True, True, True])
 
     def test_signal_while_reading_the_config(self) -> None:
         self.write(self.config)
@@ -219,7 +211,7 @@ class PrepareTests(SynchronousTestCase):
         self.assertExited0()
         # What the exit would have closed.
         for port in self.ports:
-            self.assertTrue(_accepts(port))
+            self.assertTrue(port_open(port))
 
     def test_signal_while_parsing(self) -> None:
         self.write(self.config)
@@ -243,7 +235,7 @@ class PrepareTests(SynchronousTestCase):
             "lmproxy: the config cannot be used:\n"
             '  Services[1] ("b").Command: missing or empty (required)\n',
         )
-        self.assertEqual([_accepts(port) for port in self.ports], [False, False, False])
+        self.assertEqual([port_open(port) for port in self.ports], [False, False, False])
 
     def test_no_config(self) -> None:
         error = self.assertRaises(SystemExit, self.prepare, ())
@@ -263,7 +255,7 @@ class PrepareTests(SynchronousTestCase):
             self.stderr.getvalue(),
             f'lmproxy: Services[1] ("b").ListenPort {self.ports[1]}: address already in use\n',
         )
-        self.assertEqual((_accepts(self.ports[0]), _accepts(self.ports[2])), (False, False))
+        self.assertEqual((port_open(self.ports[0]), port_open(self.ports[2])), (False, False))
 
     def test_port_that_the_text_hides(self) -> None:
         """A port the quick read misses (JSON5's hexadecimal) is opened after the parse."""

@@ -333,13 +333,10 @@ class ManagementIntegrationTests(TestCase):
         self.assertEqual({key: metrics.get(key) for key in expected}, expected)
         self.assertEqual(await lmproxy.stop(), 0)
 
-    async def test_a_start_nobody_waits_for_makes_room_at_once(self) -> None:
-        """
-        ``a``'s only client leaves while it starts (it would take a minute),
-        and a client of ``b`` waits for the RAM that ``a`` holds: ``a`` counts
-        as idle, so it is stopped at once, mid-start, for ``b``.
-        """
-        config, ports = two_services_that_do_not_fit("--startup-delay", "60")
+    async def abandon_a_start(
+        self, config: JSON, ports: dict[str, int]
+    ) -> tuple[Lmproxy, EventReader]:
+        """Run lmproxy on C{config}; a client of ``a`` starts it and leaves mid-start."""
         lmproxy = Lmproxy(self, config)
         await lmproxy.start()
         events = await open_events(f"http://127.0.0.1:{ports['api']}/events", self)
@@ -347,6 +344,16 @@ class ManagementIntegrationTests(TestCase):
         await wait_for(lambda: "starting" in events.statuses("a"), 10, "a to start")
         gone.close()
         await gone.closed
+        return lmproxy, events
+
+    async def test_a_start_nobody_waits_for_makes_room_at_once(self) -> None:
+        """
+        ``a``'s only client leaves while it starts (it would take a minute),
+        and a client of ``b`` waits for the RAM that ``a`` holds: ``a`` counts
+        as idle, so it is stopped at once, mid-start, for ``b``.
+        """
+        config, ports = two_services_that_do_not_fit("--startup-delay", "60")
+        lmproxy, events = await self.abandon_a_start(config, ports)
         code, _, body = await http("GET", f"http://127.0.0.1:{ports['b']}/health")
         self.assertEqual((code, body), (200, b'{"status":"ok"}'))
         self.assertEqual(events.named("evicted"), [{"service": "a"}])
@@ -370,13 +377,7 @@ class ManagementIntegrationTests(TestCase):
         """
         config, ports = two_services_that_do_not_fit("--startup-delay", "0.5")
         config["Services"][0]["ShutDownAfterInactivitySeconds"] = 1
-        lmproxy = Lmproxy(self, config)
-        await lmproxy.start()
-        events = await open_events(f"http://127.0.0.1:{ports['api']}/events", self)
-        gone = await raw_connect(ports["a"])
-        await wait_for(lambda: "starting" in events.statuses("a"), 10, "a to start")
-        gone.close()
-        await gone.closed
+        lmproxy, events = await self.abandon_a_start(config, ports)
         await wait_for(lambda: "running" in events.statuses("a"), 10, "a to be ready")
         self.assertEqual(
             [(n["service"], n["succeeded"]) for n in events.named("start_finished")],

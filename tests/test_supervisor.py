@@ -222,6 +222,13 @@ class SupervisorTestCase(SynchronousTestCase):
     def free(self, name: str) -> int | None:
         return self.resource(name).free
 
+    def two_that_do_not_fit(self) -> None:
+        """Supervise A and B, which need 6 VRAM each of 10."""
+        self.supervise(
+            [self.service("A", {"VRAM": 6}), self.service("B", {"VRAM": 6})],
+            [ResourceConfig("VRAM", 10)],
+        )
+
     def abandon(self, name: str) -> None:
         """A client of C{name} comes, which starts it, and leaves."""
         d = self.acquire(name)
@@ -903,10 +910,7 @@ class EvictionTests(SupervisorTestCase):
         The second service waits while the first has a connection; when it is
         released, the first is evicted and the second starts after it is gone.
         """
-        self.supervise(
-            [self.service("A", {"VRAM": 6}), self.service("B", {"VRAM": 6})],
-            [ResourceConfig("VRAM", 10)],
-        )
+        self.two_that_do_not_fit()
         lease = self.lease("A")
         d = self.acquire("B")
         self.assertEqual(self.state("B"), ServiceState.WAITING_FOR_RESOURCES)
@@ -928,10 +932,7 @@ class EvictionTests(SupervisorTestCase):
         A client of B, which needs A's resources, stops A at once, mid-start
         (an eviction, not a failed start), and B starts once A is gone.
         """
-        self.supervise(
-            [self.service("A", {"VRAM": 6}), self.service("B", {"VRAM": 6})],
-            [ResourceConfig("VRAM", 10)],
-        )
+        self.two_that_do_not_fit()
         self.abandon("A")
         a = self.proc("A")
         self.assertEqual(self.state("A"), ServiceState.STARTING)
@@ -950,10 +951,7 @@ class EvictionTests(SupervisorTestCase):
 
     def test_abandoned_start_leaving_makes_room_for_the_waiting(self) -> None:
         """B waits behind A's start; A's last client leaves: A is stopped for B at once."""
-        self.supervise(
-            [self.service("A", {"VRAM": 6}), self.service("B", {"VRAM": 6})],
-            [ResourceConfig("VRAM", 10)],
-        )
+        self.two_that_do_not_fit()
         a_client = self.acquire("A")
         d = self.acquire("B")
         self.assertEqual(self.state("B"), ServiceState.WAITING_FOR_RESOURCES)
@@ -987,10 +985,7 @@ class EvictionTests(SupervisorTestCase):
 
     def test_a_new_client_makes_an_abandoned_start_wanted_again(self) -> None:
         """A client that comes back to the start: A is no longer idle, never evicted."""
-        self.supervise(
-            [self.service("A", {"VRAM": 6}), self.service("B", {"VRAM": 6})],
-            [ResourceConfig("VRAM", 10)],
-        )
+        self.two_that_do_not_fit()
         self.abandon("A")
         again = self.acquire("A")
         d = self.acquire("B")
@@ -1004,10 +999,7 @@ class EvictionTests(SupervisorTestCase):
 
     def test_idle_service_evicted_at_once(self) -> None:
         """An idle service in the way is stopped at once."""
-        self.supervise(
-            [self.service("A", {"VRAM": 6}), self.service("B", {"VRAM": 6})],
-            [ResourceConfig("VRAM", 10)],
-        )
+        self.two_that_do_not_fit()
         self.run_idle("A")
         d = self.acquire("B")
         self.assertEqual(self.reactor.signals, [(self.spawned("A")[0].pid, signal.SIGTERM)])
@@ -1186,10 +1178,7 @@ class EvictionTests(SupervisorTestCase):
 
     def test_starting_service_never_evicted(self) -> None:
         """A service that is starting holds its resources; it is never a victim."""
-        self.supervise(
-            [self.service("A", {"VRAM": 6}), self.service("B", {"VRAM": 6})],
-            [ResourceConfig("VRAM", 10)],
-        )
+        self.two_that_do_not_fit()
         da = self.acquire("A")
         db = self.acquire("B")
         self.assertEqual(self.state("B"), ServiceState.WAITING_FOR_RESOURCES)
@@ -1413,10 +1402,7 @@ class ManagementTests(SupervisorTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.supervise(
-            [self.service("A", {"VRAM": 6}), self.service("B", {"VRAM": 6})],
-            [ResourceConfig("VRAM", 10)],
-        )
+        self.two_that_do_not_fit()
 
     def test_start(self) -> None:
         """C{start} starts like a client would and holds no lease."""

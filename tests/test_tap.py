@@ -37,7 +37,7 @@ from lmproxy.listen.sockets import (
 from lmproxy.listen.tcp import ServiceProxyFactory
 from lmproxy.shutdown import ShutdownSignals
 from lmproxy.tap import Options, makeService
-from tests.harness import free_ports
+from tests.harness import free_ports, port_open
 from tests.test_shutdown import FakeSignals
 
 
@@ -66,14 +66,6 @@ def _busy(test: SynchronousTestCase, port: int) -> None:
     busy.listen()
 
 
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
 def _ports(top: IService) -> list[AdoptedPort]:
     assert isinstance(top, MultiService)
     return [s for s in top if isinstance(s, AdoptedPort)]
@@ -96,7 +88,7 @@ class MakeServiceTests(SynchronousTestCase):
     def test_listening_when_built(self) -> None:
         """Clients can connect as soon as makeService returns, before anything starts."""
         top = self.build()
-        self.assertEqual([_accepts(port) for port in self.ports], [True, True, True])
+        self.assertEqual([port_open(port) for port in self.ports], [True, True, True])
         self.assertFalse(top.running)
 
     def test_config_warnings_logged(self) -> None:
@@ -128,7 +120,7 @@ class MakeServiceTests(SynchronousTestCase):
             stderr.getvalue(),
             f"lmproxy: OpenAiApi.ListenPort {self.ports[1]}: address already in use\n",
         )
-        self.assertFalse(_accepts(self.ports[0]))
+        self.assertFalse(port_open(self.ports[0]))
 
     def test_ports_in_use(self) -> None:
         """Every port that cannot be opened is named, one a line."""
@@ -250,7 +242,7 @@ class SocketsTests(SynchronousTestCase):
         self.assertEqual(sock.getsockname(), ("0.0.0.0", self.ports[0]))
         self.assertFalse(sock.getblocking())
         self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR), 1)
-        self.assertTrue(_accepts(self.ports[0]))
+        self.assertTrue(port_open(self.ports[0]))
         self.assertGreater(LISTEN_BACKLOG, 50)
 
     def test_port_keys(self) -> None:
@@ -288,13 +280,13 @@ class SocketsTests(SynchronousTestCase):
             self.addCleanup(sock.close)
         self.assertIs(taken[a], early[a])
         self.assertEqual(sorted(taken), sorted([a, c]))
-        self.assertEqual((_accepts(a), _accepts(b), _accepts(c)), (True, False, True))
+        self.assertEqual((port_open(a), port_open(b), port_open(c)), (True, False, True))
 
     def test_take_retries_a_port_that_failed_early(self) -> None:
         """A port busy a moment ago, free now (a previous lmproxy just exited), is opened."""
         early: dict[int, ListeningSocket | OSError] = {self.ports[0]: OSError(98, "busy")}
         self.take({self.ports[0]: "A"}, early)
-        self.assertTrue(_accepts(self.ports[0]))
+        self.assertTrue(port_open(self.ports[0]))
 
     def test_take_fails_closing_everything(self) -> None:
         a, b, c = self.ports
@@ -304,4 +296,4 @@ class SocketsTests(SynchronousTestCase):
             PortsUnavailable, take_ports, {a: "A.ListenPort", b: "B.ListenPort", c: "C"}, early
         )
         self.assertEqual(error.problems, [f"B.ListenPort {b}: address already in use"])
-        self.assertEqual((_accepts(a), _accepts(c)), (False, False))
+        self.assertEqual((port_open(a), port_open(c)), (False, False))

@@ -26,6 +26,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 # The watchdog child's own type: it may not import Twisted, the core may import it.
+from lmproxy.core.oneshot import OneShot
 from lmproxy.core.reaper import GroupSignaller
 
 STOP_GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL after this long
@@ -73,7 +74,7 @@ class ProcessGroup:
         self.exit_code: int | None = None
         self.exit_description: str | None = None
         self._gone = False
-        self._exit_waiters: list[Deferred[None]] = []
+        self._leader_exit = OneShot()
         self._signal_leader: LeaderSignaller | None = None
         self._undelivered: int | None = None  # sent to the leader before its group existed
 
@@ -89,23 +90,11 @@ class ProcessGroup:
         self.leader_reaped = True
         self.exit_code = _exit_code(reason)
         self.exit_description = _describe_exit(reason)
-        waiters, self._exit_waiters = self._exit_waiters, []
-        for d in waiters:
-            d.callback(None)
+        self._leader_exit.fire()
 
     def when_leader_exits(self) -> Deferred[None]:
         """Fires when the leader has been reaped (at once if it has been)."""
-        if self.leader_reaped:
-            d: Deferred[None] = Deferred()
-            d.callback(None)
-            return d
-
-        def forget(d: Deferred[None]) -> None:
-            self._exit_waiters.remove(d)
-
-        d = Deferred(forget)
-        self._exit_waiters.append(d)
-        return d
+        return self._leader_exit.wait()
 
     def alive(self) -> bool:
         """Does the group still exist (and is it still ours)?"""

@@ -24,6 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from lmproxy.core.groups import GroupSignaller, ProcessGroup
+from lmproxy.core.oneshot import OneShot
 
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 """Runs a command in a new session: every process lmproxy spawns goes through it."""
@@ -74,8 +75,7 @@ class _CapturingProtocol(ProcessProtocol):
     def __init__(self, group: ProcessGroup) -> None:
         self.group = group
         self.output = {1: bytearray(), 2: bytearray()}
-        self.ended = False
-        self._end_waiters: list[Deferred[None]] = []
+        self._ended = OneShot()
 
     def connectionMade(self) -> None:
         # Here, not after spawnProcess returns: a command that exits at once is
@@ -97,24 +97,16 @@ class _CapturingProtocol(ProcessProtocol):
         self.group.leader_exited(reason)
 
     def processEnded(self, reason: Failure) -> None:
-        self.ended = True
-        waiters, self._end_waiters = self._end_waiters, []
-        for d in waiters:
-            d.callback(None)
+        self._ended.fire()
+
+    @property
+    def ended(self) -> bool:
+        """Whether the process has exited and its pipes are closed."""
+        return self._ended.happened
 
     def when_ended(self) -> Deferred[None]:
         """Fires once the process has exited and its pipes are closed."""
-        if self.ended:
-            d: Deferred[None] = Deferred()
-            d.callback(None)
-            return d
-
-        def forget(d: Deferred[None]) -> None:
-            self._end_waiters.remove(d)
-
-        d = Deferred(forget)
-        self._end_waiters.append(d)
-        return d
+        return self._ended.wait()
 
     def text(self, fd: int) -> str:
         return self.output[fd].decode("utf-8", "replace")

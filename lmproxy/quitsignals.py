@@ -33,8 +33,19 @@ SignalHandler = Callable[[int, FrameType | None], None]
 Installer = Callable[[int, "SignalHandler | signal.Handlers"], object]
 """C{signal.signal}: installs a handler, returns the one it replaced."""
 
-QUIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-"""The signals that end lmproxy."""
+QUIT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""
+The signals that end lmproxy, each with the same clean stop.  SIGHUP (the
+terminal went away) is one of them until a config reload gives it a meaning
+of its own: its default would kill lmproxy without stopping anything.
+"""
+
+_KEPT_IGNORED = (signal.SIGINT, signal.SIGHUP)
+"""
+Signals that stay ignored when lmproxy starts with them ignored: a shell
+without job control starts background jobs with SIGINT ignored, and
+C{nohup} starts its command with SIGHUP ignored.
+"""
 
 
 def _write_stderr(text: str) -> None:
@@ -67,21 +78,20 @@ class QuitSignals:
         self._held = False
         self._pending: list[int] = []
         self._receiver: Callable[[int], None] | None = None
-        self._sigint_ignored = False
+        self._ignored: set[int] = set()
 
     def install(self) -> None:
         """
         Install the handler for every quit signal (again, after someone else
         replaced it: the reactor installs its own SIGTERM handler when it runs).
 
-        A SIGINT ignored from the start stays ignored, as Python and Twisted
-        leave it: a shell without job control starts its background jobs so,
-        to keep them from the terminal's Ctrl-C.
+        A SIGINT or SIGHUP ignored from the start stays ignored (see
+        L{_KEPT_IGNORED}), as Python and Twisted leave a SIGINT.
         """
         for signum in QUIT_SIGNALS:
             replaced = self._install_handler(signum, self._received)
-            if signum == signal.SIGINT and (self._sigint_ignored or replaced == signal.SIG_IGN):
-                self._sigint_ignored = True
+            if signum in _KEPT_IGNORED and (signum in self._ignored or replaced == signal.SIG_IGN):
+                self._ignored.add(signum)
                 self._install_handler(signum, signal.SIG_IGN)
 
     def hold(self) -> None:

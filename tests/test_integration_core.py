@@ -177,7 +177,15 @@ class CoreIntegrationTests(TestCase):
         self.assertEqual(await lmproxy.stop(), 0)
 
     async def test_shutdown_leaves_no_grandchild(self) -> None:
-        """SIGTERM stops services with their whole process group, then exits 0."""
+        """SIGINT stops services with their whole process group, then exits 0."""
+        await self.stops_everything_on(signal.SIGINT)
+
+    async def test_sighup_stops_cleanly(self) -> None:
+        """SIGHUP (the terminal went away) stops everything as SIGTERM does: no process left."""
+        await self.stops_everything_on(signal.SIGHUP)
+
+    async def stops_everything_on(self, signum: int) -> None:
+        """Run a service with a grandchild; C{signum} stops it all, and lmproxy exits 0."""
         listen, target = free_ports(2)
         pidfile = Path(self.mktemp()).resolve()
         lmproxy = Lmproxy(
@@ -190,7 +198,7 @@ class CoreIntegrationTests(TestCase):
         await wait_for(pidfile.exists, 10, "the grandchild's pid file")
         grandchild = int(pidfile.read_text())
         self.assertTrue(pid_alive(grandchild))
-        self.assertEqual(await lmproxy.stop(signal.SIGINT), 0)
+        self.assertEqual(await lmproxy.stop(signum), 0)
         self.assertFalse(pid_alive(pid))
         await wait_for(lambda: not pid_alive(grandchild), 5, "the grandchild to be gone")
         self.assertFalse(port_open(listen))

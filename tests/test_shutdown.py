@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lmproxy.quitsignals import QuitSignals, SignalHandler
+from lmproxy.quitsignals import QUIT_SIGNALS, QuitSignals, SignalHandler
 from lmproxy.shutdown import ShutdownSignals
 
 
@@ -110,12 +110,15 @@ class QuitSignalsTests(SynchronousTestCase):
         self.quit = self.signals.quit_signals()
         self.quit.install()
 
-    def test_installs_both(self) -> None:
-        self.assertEqual(sorted(self.signals.handlers), [signal.SIGINT, signal.SIGTERM])
+    def test_installs_all_three(self) -> None:
+        """SIGHUP too: its default would kill lmproxy without stopping anything."""
+        self.assertEqual(
+            sorted(self.signals.handlers), [signal.SIGHUP, signal.SIGINT, signal.SIGTERM]
+        )
 
     def test_nothing_started_exits_0_at_once(self) -> None:
         """From the handler itself: no exception reaches the code that was running."""
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             exited = self.assertRaises(Exited, self.signals.deliver, signum)
             self.assertEqual(exited.status, 0)
         self.assertEqual(
@@ -123,6 +126,7 @@ class QuitSignalsTests(SynchronousTestCase):
             [
                 "lmproxy: SIGINT before anything was started: exiting\n",
                 "lmproxy: SIGTERM before anything was started: exiting\n",
+                "lmproxy: SIGHUP before anything was started: exiting\n",
             ],
         )
 
@@ -151,6 +155,16 @@ class QuitSignalsTests(SynchronousTestCase):
         quit.install()  # again, after the reactor's SIGTERM handler
         self.assertEqual(signals.handlers[signal.SIGINT], signal.SIG_IGN)
         self.assertTrue(callable(signals.handlers[signal.SIGTERM]))
+
+    def test_an_ignored_sighup_stays_ignored(self) -> None:
+        """Started by C{nohup}, SIGHUP ignored: it stays so."""
+        signals = FakeSignals()
+        signals.handlers[signal.SIGHUP] = signal.SIG_IGN
+        quit = signals.quit_signals()
+        quit.install()
+        quit.install()
+        self.assertEqual(signals.handlers[signal.SIGHUP], signal.SIG_IGN)
+        self.assertTrue(callable(signals.handlers[signal.SIGINT]))
 
     def test_reinstall(self) -> None:
         """Installing again (after the reactor replaced one) installs the same handler."""
@@ -183,11 +197,19 @@ class ShutdownSignalsTests(SynchronousTestCase):
     def test_takes_over_right_after_the_reactor_installs_its_own(self) -> None:
         """The reactor's SIGTERM handler is replaced in the same startup phase."""
         self.start()
-        self.assertEqual((len(self.reactor.during_startup), self.fake.installs), (1, 2))
+        quit_signals = len(QUIT_SIGNALS)
+        self.assertEqual((len(self.reactor.during_startup), self.fake.installs), (1, quit_signals))
         self.reactor.run()
-        self.assertEqual(self.fake.installs, 4)
+        self.assertEqual(self.fake.installs, 2 * quit_signals)
         self.signal(signal.SIGTERM)
         self.assertEqual(self.reactor.stops, 1)
+
+    def test_sighup_stops_cleanly(self) -> None:
+        """SIGHUP (the terminal went away) stops lmproxy as SIGTERM does."""
+        self.start()
+        self.reactor.run()
+        self.signal(signal.SIGHUP)
+        self.assertEqual((self.reactor.stops, self.supervisor.kills), (1, 0))
 
     def test_signal_after_the_start_before_the_reactor_runs(self) -> None:
         """

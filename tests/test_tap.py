@@ -35,6 +35,7 @@ from lmproxy.listen.sockets import (
     take_ports,
 )
 from lmproxy.listen.tcp import ServiceProxyFactory
+from lmproxy.quitsignals import QUIT_SIGNALS
 from lmproxy.shutdown import ShutdownSignals
 from lmproxy.tap import Options, makeService
 from tests.harness import free_ports, port_open
@@ -211,7 +212,7 @@ class OptionsTests(SynchronousTestCase):
         options = Options()
         options.quit = signals.quit_signals()
         options.parseOptions(["-c", str(path)])
-        self.assertEqual(sorted(signals.handlers), [signal.SIGINT, signal.SIGTERM])
+        self.assertEqual(sorted(signals.handlers), sorted(QUIT_SIGNALS))
         self.assertEqual(options.loaded.services, ())
 
     def test_bad_config(self) -> None:

@@ -693,6 +693,16 @@ class BackoffTests(SupervisorTestCase):
         assert failure is not None
         self.assertEqual(failure.retry_at, T0 + 1.0)
 
+    def test_retry_at_cleared_once_over(self) -> None:
+        """/status shows when the back-off ends while it lasts, null after."""
+        self.fail_start()
+        self.assertEqual(self.status("A").last_failure.retry_at, T0 + 1.0)  # type: ignore[union-attr]
+        self.reactor.advance(1.0)
+        failure = self.status("A").last_failure
+        assert failure is not None
+        self.assertIsNone(failure.retry_at)
+        self.assertEqual(failure.reason, "process exited with status 1 while starting")
+
     def test_doubles_up_to_a_minute(self) -> None:
         """1 s, 2 s, 4 s ... 60 s between failed starts."""
         delays = []

@@ -54,6 +54,12 @@ class FailedStarts:
         self.last = StartFailure(now, reason, output_tail, retryable, now + self._delay)
         return self._delay
 
+    def shown(self) -> StartFailure | None:
+        """The last failure as C{/status} shows it: C{retry_at} None once the back-off is over."""
+        if self.last is None or self._remaining() is not None:
+            return self.last
+        return evolve(self.last, retry_at=None)
+
     def error(self, message: str, retry_after: float) -> ServiceUnavailable:
         """What the clients of the last failure are told, with C{message}."""
         assert self.last is not None

@@ -70,7 +70,6 @@ class ProcessGroup:
         self._reactor = reactor
         self._signal_group = signal_group
         self.pgid: int | None = None
-        self.leader_reaped = False
         self.exit_code: int | None = None
         self.exit_description: str | None = None
         self._gone = False
@@ -86,8 +85,12 @@ class ProcessGroup:
         self.pgid = pid
         self._signal_leader = signal_leader
 
+    @property
+    def leader_reaped(self) -> bool:
+        """Whether the leader has exited and been reaped."""
+        return self._leader_exit.happened
+
     def leader_exited(self, reason: Failure) -> None:
-        self.leader_reaped = True
         self.exit_code = _exit_code(reason)
         self.exit_description = _describe_exit(reason)
         self._leader_exit.fire()

@@ -132,7 +132,7 @@ class ServiceLifecycle:
             starts=self.starts,
             failed_starts=self._failures.count,
             evictions=self.evictions,
-            last_failure=self._failures.last,
+            last_failure=self._failures.shown(),
         )
 
     # -- clients ----------------------------------------------------------

@@ -99,11 +99,6 @@ class _CapturingProtocol(ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         self._ended.fire()
 
-    @property
-    def ended(self) -> bool:
-        """Whether the process has exited and its pipes are closed."""
-        return self._ended.happened
-
     def when_ended(self) -> Deferred[None]:
         """Fires once the process has exited and its pipes are closed."""
         return self._ended.wait()

@@ -9,7 +9,10 @@ to parse; even the json module is a few milliseconds of imports), so that
 every port can listen within milliseconds of the launch.  It checks nothing
 and reports nothing: the parser reads the file again and decides, and the
 command then closes what it should not have opened and opens what this missed
-(L{lmproxy.listen.sockets.take_ports}).
+(L{lmproxy.listen.sockets.take_ports}).  The ports it finds listen on every
+IPv4 interface, the default address: so that no port ever listens on an
+address that the config did not ask for, it finds none in a config that may
+set a C{ListenAddress} (those ports listen once the config is parsed).
 
 Standard library only, and only the modules that the console script has
 imported already (C{re}) or that cost nearly nothing.
@@ -30,18 +33,25 @@ if TYPE_CHECKING:
 # Looked for, in this order, when no path is given (as lmproxy.config does).
 _CONFIG_FILES = ("config.json", "config.jsonc")
 
-# A ListenPort key with a port number for its value, quoted or not (JSON5
-# allows unquoted keys), or else a whole string or comment, which is skipped:
-# a ListenPort within a string or comment is not one.
+# A ListenAddress key, or a ListenPort key with a port number for its value,
+# quoted or not (JSON5 allows unquoted keys), or else a whole string or
+# comment, which is skipped: a key within a string or comment is not one.
+# Matched against the casefolded text, as the parser matches keys.
 _SCAN = re.compile(
     r"""
-      (?: "listenport" | 'listenport' | \blistenport\b ) \s* : \s*
+      (?P<address> (?: "listenaddress" | 'listenaddress' | \blistenaddress\b ) \s* : )
+    | (?: "listenport" | 'listenport' | \blistenport\b ) \s* : \s*
       (?: "(?P<double>[0-9]+)" | '(?P<single>[0-9]+)' | (?P<bare>[0-9]+)\b )
     | " (?: [^"\\] | \\. )* " | ' (?: [^'\\] | \\. )* '
     | //[^\n]* | /\*.*?\*/
     """,
     re.IGNORECASE | re.DOTALL | re.VERBOSE | re.ASCII,
 )
+
+
+# A backslash before anything but the escapes that stand for punctuation or
+# controls (a line break after it is a line continuation).
+_LETTER_ESCAPE = re.compile(r"""\\[^"'\\/bfnrtv0]""")
 
 
 def config_file(path: str | None, cwd: str) -> str | None:
@@ -64,13 +74,21 @@ def ports_in(text: str) -> list[int]:
     The ports that a config's text seems to ask for, without parsing it.
 
     @param text: the config's JSONC text.
-    @return: the value of every C{ListenPort} key (matched case-insensitively,
-        as the parser does) that is a port number, each once, in the file's
-        order; these are C{Services[*].ListenPort}, C{OpenAiApi.ListenPort}
-        and C{ManagementApi.ListenPort} in a good config.
+    @return: the value of every C{ListenPort} key (matched as the parser
+        matches keys: case-insensitively, by C{casefold}) that is a port
+        number, each once, in the file's order; these are
+        C{Services[*].ListenPort}, C{OpenAiApi.ListenPort} and
+        C{ManagementApi.ListenPort} in a good config.  None at all when the
+        text may set a C{ListenAddress}: it has that key, or an escape that
+        can stand for a letter (JSON5's C{\\u0041}, C{\\x41}, C{\\A}), with
+        which a key can be spelled in other letters.
     """
+    if _LETTER_ESCAPE.search(text):
+        return []
     ports = []
-    for match in _SCAN.finditer(text):
+    for match in _SCAN.finditer(text.casefold()):
+        if match["address"]:
+            return []
         digits = match["double"] or match["single"] or match["bare"]
         if digits is not None and 1 <= int(digits) <= 65535:
             ports.append(int(digits))

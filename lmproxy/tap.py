@@ -28,6 +28,7 @@ from lmproxy.config import Config, ConfigError, load_config
 from lmproxy.core.shell import SETSID
 from lmproxy.core.supervisor import Supervisor
 from lmproxy.core.watchdog import Watchdog
+from lmproxy.fdlimit import raise_fd_limit
 from lmproxy.launch import fail, fail_ports
 from lmproxy.listen.ports import AdoptedPort, LazySite
 from lmproxy.listen.sockets import ListeningSocket, PortsUnavailable, port_keys, take_ports
@@ -98,6 +99,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = global_reactor
     config = options.loaded
     set_log_level(config.log_level)
+    before, after = raise_fd_limit()
+    if after != before:
+        _log.info("Open file limit raised from {before} to {after}", before=before, after=after)
     for warning in config.warnings:  # what loads, as upstream loads it, but cannot work
         _log.warn("config: {problem}", problem=warning)
     # First of all, so that clients can connect while the rest is built.
@@ -193,8 +197,9 @@ def _openai_site(supervisor: Supervisor, config: Config, reactor: Any) -> Site:
 
 
 def _management_site(supervisor: Supervisor, config: Config, reactor: Any) -> Site:
-    from lmproxy.listen.sites import UnloggedSite
+    from lmproxy.listen.guard import management_resource
+    from lmproxy.listen.sites import ManagementSite
     from lmproxy.manage.api import ManagementApi
 
     api = ManagementApi(supervisor, config, reactor)
-    return UnloggedSite(api.app.resource())
+    return ManagementSite(management_resource(api.app.resource(), config), reactor)

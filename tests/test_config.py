@@ -303,9 +303,9 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(s.work_dir, "/srv/lmproxy/models")
 
     def test_name_with_slash(self) -> None:
-        """The default log file of a service named like a Hugging Face model."""
+        """The default log file of a service named like a Hugging Face model: one file in logs/."""
         (s,) = parse(document(service(Name="Qwen/Qwen2.5-7B"))).services
-        self.assertEqual(s.log_file_path, "/srv/lmproxy/logs/Qwen/Qwen2.5-7B.log")
+        self.assertEqual(s.log_file_path, "/srv/lmproxy/logs/Qwen_Qwen2.5-7B.log")
 
     def test_top_level_values(self) -> None:
         config = parse(

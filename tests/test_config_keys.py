@@ -35,8 +35,17 @@ FILLED_BY_RULES = {
         "idle_timeout",
         "openai_api_models",
         "service_url",
+        "listen_address",
     },
-    Config: {"services", "resources", "warnings"},
+    Config: {
+        "services",
+        "resources",
+        "warnings",
+        "openai_listen_address",
+        "openai_api_keys",
+        "management_listen_address",
+        "management_api_keys",
+    },
 }
 
 

@@ -7,7 +7,8 @@ servers (the real thing, end to end; its screenshot is the README's).
 
 Selenium blocks, so every browser step runs in a thread (``deferToThread``)
 and waits for its condition with a deadline, while the reactor thread serves
-the page and changes the state between steps.
+the page and changes the state between steps.  The dashboard behind a
+management key is tested in L{tests.test_dashboard_browser_key}.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from twisted.web.server import Site
 
 from lmproxy.config import Config, ResourceConfig, ServiceConfig
 from lmproxy.interfaces import ServiceState, StartFailure
+from lmproxy.listen.guard import management_resource
 from lmproxy.manage.api import ManagementApi
 from lmproxy.testing import ScriptedBackends
 from tests.harness import Lmproxy, demo_service, free_ports, http, raw_connect, wait_for
@@ -271,37 +273,21 @@ class BrowserTestCase(TestCase):
             shutil.copyfile(path, os.path.join(DOCS, "dashboard.png"))
 
 
-class DashboardBrowserTests(BrowserTestCase):
-    """The dashboard as a person sees it."""
+class ScriptedBrowserTestCase(BrowserTestCase):
+    """
+    The browser against the real management app (behind its gate) on a real
+    socket, with L{ScriptedBackends} standing in for the supervisor.
+    """
 
-    timeout = 180
-
-    def setUp(self) -> None:
-        require_browser()
+    def serve(self, config: Config) -> None:
+        """Serve the management API of C{config} on 127.0.0.1, at C{self.url}."""
         from twisted.internet import reactor
 
         self.reactor: Any = reactor
-        self.tmp = os.path.abspath(self.mktemp())
-        os.makedirs(self.tmp)
-        self.config = browser_config(self.tmp)
-        now = time.time()
-        self.backends = ScriptedBackends(self.config, started_at=now - 26 * 3600)
-        self.backends.service_changes[ZETA] = {"last_used": now - 3 * 3600}
-        self.backends.service_changes[ALPHA] = {"last_used": now - 42, "pid": 41234}
-        # A failed start whose back-off lasts the whole test; a long unbroken
-        # reason must wrap, not widen the page.
-        self.backends.service_changes[MARKUP] = {
-            "failed_starts": 1,
-            "last_failure": StartFailure(
-                now - 12,
-                "<b>exited</b> " + "x" * 400,
-                ("<i>CUDA error</i>: out of memory", "bye"),
-                True,
-                now + 3600,
-            ),
-        }
+        self.config = config
+        self.backends = ScriptedBackends(self.config, started_at=time.time() - 26 * 3600)
         self.api = ManagementApi(self.backends, self.config, reactor, log_poll_interval=0.1)
-        self.site = ConnectionTracker(Site(self.api.app.resource()))
+        self.site = ConnectionTracker(Site(management_resource(self.api.app.resource(), config)))
         self.port = self.listen(0)
         self.url = f"http://127.0.0.1:{self.port_number()}/"
 
@@ -331,6 +317,33 @@ class DashboardBrowserTests(BrowserTestCase):
 
     def tearDown(self) -> Deferred[None]:  # type: ignore[override]
         return Deferred.fromCoroutine(self.tearDownAsync())
+
+
+class DashboardBrowserTests(ScriptedBrowserTestCase):
+    """The dashboard as a person sees it."""
+
+    timeout = 180
+
+    def setUp(self) -> None:
+        require_browser()
+        self.tmp = os.path.abspath(self.mktemp())
+        os.makedirs(self.tmp)
+        self.serve(browser_config(self.tmp))
+        now = time.time()
+        self.backends.service_changes[ZETA] = {"last_used": now - 3 * 3600}
+        self.backends.service_changes[ALPHA] = {"last_used": now - 42, "pid": 41234}
+        # A failed start whose back-off lasts the whole test; a long unbroken
+        # reason must wrap, not widen the page.
+        self.backends.service_changes[MARKUP] = {
+            "failed_starts": 1,
+            "last_failure": StartFailure(
+                now - 12,
+                "<b>exited</b> " + "x" * 400,
+                ("<i>CUDA error</i>: out of memory", "bye"),
+                True,
+                now + 3600,
+            ),
+        }
 
     # The scenario
 
@@ -425,6 +438,7 @@ class DashboardBrowserTests(BrowserTestCase):
         self.wait(lambda d: self.mode(d) == "live", "the event stream never opened")
         self.assertEqual(self.driver.title, "lmproxy")
         self.assertEqual(self.names(self.driver), [ZETA, MARKUP, ALPHA, QWEN])
+        self.assertFalse(self.driver.find_element(By.ID, "key-panel").is_displayed())
 
     def markup_is_text(self) -> None:
         assert self.driver is not None

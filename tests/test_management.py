@@ -30,6 +30,7 @@ from lmproxy.interfaces import (
     ServiceUnavailable,
     StartFailure,
 )
+from lmproxy.listen.guard import management_resource
 from lmproxy.manage.api import ManagementApi, _shielded
 from lmproxy.manage.statusjson import rfc3339
 from lmproxy.manage.streams import sse
@@ -40,7 +41,7 @@ ALPHA = "alpha"
 QWEN = "Qwen/Qwen 7B é"
 QWEN_PATH = "Qwen%2FQwen%207B%20%C3%A9"
 MARKUP = "<b>x</b>"
-BASE = "http://lmproxy.test"
+BASE = "http://localhost:7071"  # a Host that the management API answers
 
 
 def make_config(log_dir: str = "/nonexistent") -> Config:
@@ -140,10 +141,11 @@ class Stream:
 class Client:
     """Synchronous requests against a L{ManagementApi} through StubTreq."""
 
-    def __init__(self, case: SynchronousTestCase, api: ManagementApi) -> None:
+    def __init__(self, case: SynchronousTestCase, api: ManagementApi, config: Config) -> None:
         self.case = case
-        # StubTreq sets its request methods up at run time: typed as Any.
-        self.stub: Any = StubTreq(api.app.resource())
+        # As lmproxy serves it: behind its gate.  StubTreq sets its request
+        # methods up at run time: typed as Any.
+        self.stub: Any = StubTreq(management_resource(api.app.resource(), config))
 
     def send(
         self, method: str, path: str, headers: Mapping[str, str] | None = None
@@ -170,8 +172,8 @@ class Client:
         )
         return json.loads(body)
 
-    def stream(self, path: str) -> Stream:
-        response = self.case.successResultOf(self.send("GET", path))
+    def stream(self, path: str, headers: Mapping[str, str] | None = None) -> Stream:
+        response = self.case.successResultOf(self.send("GET", path, headers))
         body = BodyCollector()
         response.deliverBody(body)
         self.stub.flush()
@@ -187,7 +189,7 @@ class ApiCase(SynchronousTestCase):
         self.backends = ScriptedBackends(self.config)
         self.clock = Clock()
         self.api = ManagementApi(self.backends, self.config, self.clock)
-        self.client = Client(self, self.api)
+        self.client = Client(self, self.api, self.config)
 
     def service(self, document: dict[str, Any], name: str) -> dict[str, Any]:
         [found] = [s for s in document["services"] if s["name"] == name]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import attrs
 from twisted.application.service import IService, MultiService
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -146,7 +147,8 @@ class MakeServiceTests(SynchronousTestCase):
         for port in _ports(top):
             self.addCleanup(port.stopService)
             port.startService()
-        self.assertEqual([fd for fd, _, _ in self.reactor.adoptedPorts], descriptors)
+        readers = sorted(self.reactor.getReaders(), key=lambda port: port.fileno())
+        self.assertEqual([port.fileno() for port in readers], sorted(descriptors))
 
     def prebuilt(self, stopping: bool) -> list[LazySite]:
         """The sites built on the reactor's first turn."""
@@ -187,13 +189,16 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(received, [signal.SIGTERM])
 
     def test_adopted_when_started(self) -> None:
-        """Each port's socket is adopted, with its factory, when its service starts."""
+        """Each port's socket is watched, with its factory, when its service starts."""
         top = self.build()
         for port in _ports(top):
+            self.addCleanup(port.stopService)
             port.startService()
-        adopted = self.reactor.adoptedPorts
-        self.assertEqual([family for _, family, _ in adopted], [socket.AF_INET] * 3)
-        factories = [factory for _, _, factory in adopted]
+        adopted = sorted(
+            self.reactor.getReaders(), key=lambda port: self.ports.index(port.getHost().port)
+        )
+        self.assertEqual([type(port.getHost()) for port in adopted], [IPv4Address] * 3)
+        factories = [port.factory for port in adopted]
         self.assertIsInstance(factories[0], ServiceProxyFactory)
         assert isinstance(factories[0], ServiceProxyFactory)
         self.assertEqual(factories[0].service, "a")
@@ -233,7 +238,9 @@ class SocketsTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.ports = free_ports(3)
 
-    def take(self, keys: dict[int, str], early: dict[int, ListeningSocket | OSError]) -> None:
+    def take(
+        self, keys: dict[int, tuple[str, str]], early: dict[int, ListeningSocket | OSError]
+    ) -> None:
         for sock in take_ports(keys, early).values():
             self.addCleanup(sock.close)
 
@@ -259,7 +266,10 @@ class SocketsTests(SynchronousTestCase):
         )
         self.assertEqual(
             port_keys(config),
-            {8081: 'Services[1] ("Gemma-27B \\"é\\"").ListenPort', 7070: "OpenAiApi.ListenPort"},
+            {
+                8081: ('Services[1] ("Gemma-27B \\"é\\"").ListenPort', "0.0.0.0"),
+                7070: ("OpenAiApi.ListenPort", "0.0.0.0"),
+            },
         )
 
     def test_early_failures_are_kept_for_later(self) -> None:
@@ -276,7 +286,7 @@ class SocketsTests(SynchronousTestCase):
         """The early sockets it wants are kept, the others closed, the missing ones opened."""
         a, b, c = self.ports
         early = listen_early([a, b])
-        taken = take_ports({a: "A", c: "C"}, early)
+        taken = take_ports({a: ("A", "0.0.0.0"), c: ("C", "0.0.0.0")}, early)
         for sock in taken.values():
             self.addCleanup(sock.close)
         self.assertIs(taken[a], early[a])
@@ -286,7 +296,7 @@ class SocketsTests(SynchronousTestCase):
     def test_take_retries_a_port_that_failed_early(self) -> None:
         """A port busy a moment ago, free now (a previous lmproxy just exited), is opened."""
         early: dict[int, ListeningSocket | OSError] = {self.ports[0]: OSError(98, "busy")}
-        self.take({self.ports[0]: "A"}, early)
+        self.take({self.ports[0]: ("A", "0.0.0.0")}, early)
         self.assertTrue(port_open(self.ports[0]))
 
     def test_take_fails_closing_everything(self) -> None:
@@ -294,7 +304,10 @@ class SocketsTests(SynchronousTestCase):
         _busy(self, b)
         early = listen_early([a])
         error = self.assertRaises(
-            PortsUnavailable, take_ports, {a: "A.ListenPort", b: "B.ListenPort", c: "C"}, early
+            PortsUnavailable,
+            take_ports,
+            {a: ("A.ListenPort", "0.0.0.0"), b: ("B.ListenPort", "0.0.0.0"), c: ("C", "0.0.0.0")},
+            early,
         )
         self.assertEqual(error.problems, [f"B.ListenPort {b}: address already in use"])
         self.assertEqual((port_open(a), port_open(c)), (False, False))

@@ -9,7 +9,9 @@ The rules, each in one place below:
   - A service without its own C{ShutDownAfterInactivitySeconds} gets the
     global one, else its default (L{_service}).
   - C{WorkDir} and C{LogFilePath} are made absolute against lmproxy's working
-    directory; C{LogFilePath} defaults to C{logs/<Name>.log} (L{_service}).
+    directory; C{LogFilePath} defaults to C{logs/<Name>.log}, the name made
+    one safe file name (L{_log_file}), which no other service may have
+    (L{_check_log_files}).
   - A service with C{OpenAiApi} and no C{OpenAiApiModels} serves its C{Name}
     (L{_models}).
   - C{ServiceUrl} defaults to C{DefaultServiceUrl}; C{ServiceUrl: null} means
@@ -20,13 +22,19 @@ The rules, each in one place below:
   - A requirement larger than a static resource's C{Amount} is an error; with
     a C{CheckCommand} the measurement decides, so it is only a warning
     (L{_check_requirements}).
+  - A port without its own C{ListenAddress} gets the top-level one, else
+    every IPv4 interface; the C{ApiKeys} kept in files and variables are read;
+    a management API beyond loopback without a key is a warning (L{_apis}).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterable, Mapping
+from typing import Any
 
+from lmproxy.config.access import read_keys
 from lmproxy.config.keys import (
     Entry,
     ManagementApiKeys,
@@ -38,7 +46,7 @@ from lmproxy.config.keys import (
 from lmproxy.config.model import Config, ResourceConfig, ServiceConfig
 from lmproxy.config.problems import At, quote
 from lmproxy.config.schema import Fields
-from lmproxy.config.values import render, show
+from lmproxy.config.values import log_file_name, render, show
 
 # The API objects and their port keys: each port is claimed like a service's ListenPort.
 _API_PORTS = (
@@ -66,6 +74,10 @@ def build(top: Fields, at: At, cwd: str) -> Config | None:
     for entry in entries:
         _check_requirements(entry, resources)
     _check_unique(entries, api_ports, at)
+    _check_log_files(entries, cwd)
+    address_key = TopLevelKeys.LISTEN_ADDRESS
+    address = top.get(address_key, address_key.default)
+    apis = _apis(top, at, cwd, address)
     if at.problems:
         return None
     idle_key = TopLevelKeys.SHUT_DOWN_AFTER_INACTIVITY
@@ -73,12 +85,41 @@ def build(top: Fields, at: At, cwd: str) -> Config | None:
     default_url = top.get(TopLevelKeys.DEFAULT_SERVICE_URL)
     return Config(
         warnings=tuple(at.warnings),
-        services=tuple(_service(e.fields, cwd, idle, default_url) for e in entries),
+        services=tuple(_service(e.fields, cwd, idle, default_url, address) for e in entries),
         resources=tuple(r for r in (resources or {}).values() if r is not None),
         **TopLevelKeys.arguments(top),
         **OpenAiApiKeys.arguments(top.get(TopLevelKeys.OPENAI_API, Fields())),
         **ManagementApiKeys.arguments(top.get(TopLevelKeys.MANAGEMENT_API, Fields())),
+        **apis,
     )
+
+
+def _apis(top: Fields, at: At, cwd: str, address: str) -> dict[str, Any]:
+    """
+    The listen address and keys of each API, as L{Config} arguments.
+
+    @param address: the top-level C{ListenAddress}, or its default.
+    """
+    openai = top.get(TopLevelKeys.OPENAI_API, Fields())
+    management = top.get(TopLevelKeys.MANAGEMENT_API, Fields())
+    arguments = {
+        "openai_listen_address": openai.get(OpenAiApiKeys.LISTEN_ADDRESS, address),
+        "openai_api_keys": read_keys(openai.get(OpenAiApiKeys.API_KEYS, []), cwd),
+        "management_listen_address": management.get(ManagementApiKeys.LISTEN_ADDRESS, address),
+        "management_api_keys": read_keys(management.get(ManagementApiKeys.API_KEYS, []), cwd),
+    }
+    where = arguments["management_listen_address"]
+    if (
+        ManagementApiKeys.LISTEN_PORT in management.values
+        and not ipaddress.ip_address(where).is_loopback
+        and not arguments["management_api_keys"]
+    ):
+        at.key(TopLevelKeys.MANAGEMENT_API.name).warning(
+            f"listens on {where}, beyond this machine, without {ManagementApiKeys.API_KEYS.name}:"
+            " whoever can reach its port can start and stop services; give it ApiKeys, or"
+            f' {ManagementApiKeys.LISTEN_ADDRESS.name} "127.0.0.1"'
+        )
+    return arguments
 
 
 def _resources(top: Fields) -> dict[str, ResourceConfig | None] | None:
@@ -171,6 +212,37 @@ def _check_unique(entries: list[Entry], api_ports: dict[str, int], at: At) -> No
     )
 
 
+def _check_log_files(entries: list[Entry], cwd: str) -> None:
+    """
+    A default log file may not be another service's log file: C{a/b} and
+    C{a_b} would write into one file.  Two services given the same
+    C{LogFilePath} share it: that is the user's choice.
+    """
+    name, given = ServiceKeys.NAME, ServiceKeys.LOG_FILE_PATH
+    named = [e for e in entries if name in e.fields.values]
+    owners: dict[str, Entry] = {}
+    for e in named:
+        if given in e.fields.values:
+            owners.setdefault(_log_file(e.fields, cwd), e)
+    for e in named:
+        if e.fields.given(given):  # a bad LogFilePath is reported already
+            continue
+        path = _log_file(e.fields, cwd)
+        owner = owners.setdefault(path, e)
+        # The same name twice is reported already, as such.
+        if owner.fields.values[name] != e.fields.values[name]:
+            e.at.key(name.name).problem(
+                f"its default log file {quote(path)} is also the log file of {owner.at.path}:"
+                f" give one of them a {given.name}"
+            )
+
+
+def _log_file(fields: Fields, cwd: str) -> str:
+    """A service's log file, absolute: its C{LogFilePath}, else its name in C{logs/}."""
+    default = os.path.join("logs", log_file_name(fields.values[ServiceKeys.NAME]))
+    return os.path.normpath(os.path.join(cwd, fields.get(ServiceKeys.LOG_FILE_PATH, default)))
+
+
 def _models(fields: Fields) -> tuple[str, ...]:
     """The OpenAI model ids a service answers to: its OpenAiApiModels, else its Name."""
     if not fields.get(ServiceKeys.OPENAI_API):
@@ -179,7 +251,9 @@ def _models(fields: Fields) -> tuple[str, ...]:
     return fields.get(ServiceKeys.OPENAI_API_MODELS) or (() if name is None else (name,))
 
 
-def _service(fields: Fields, cwd: str, idle: float, default_url: str | None) -> ServiceConfig:
+def _service(
+    fields: Fields, cwd: str, idle: float, default_url: str | None, address: str
+) -> ServiceConfig:
     """
     Build one service, checked.
 
@@ -187,16 +261,16 @@ def _service(fields: Fields, cwd: str, idle: float, default_url: str | None) -> 
     @param cwd: lmproxy's working directory.
     @param idle: the global C{ShutDownAfterInactivitySeconds}, or its default.
     @param default_url: the C{DefaultServiceUrl} template, or C{None}.
+    @param address: the top-level C{ListenAddress}, or its default.
     """
-    name = fields.values[ServiceKeys.NAME]
     work_dir = fields.get(ServiceKeys.WORK_DIR)
-    log_file = fields.get(ServiceKeys.LOG_FILE_PATH, os.path.join("logs", f"{name}.log"))
     return ServiceConfig(
         **ServiceKeys.arguments(fields),
         work_dir=None if work_dir is None else os.path.normpath(os.path.join(cwd, work_dir)),
-        log_file_path=os.path.normpath(os.path.join(cwd, log_file)),
+        log_file_path=_log_file(fields, cwd),
         idle_timeout=fields.get(ServiceKeys.SHUT_DOWN_AFTER_INACTIVITY, idle),
         openai_api_models=_models(fields),
+        listen_address=fields.get(ServiceKeys.LISTEN_ADDRESS, address),
         # ServiceUrl: null is kept as None (Key.keeps_null): no URL, not the default.
         service_url=render(
             fields.get(ServiceKeys.SERVICE_URL, default_url), fields.get(ServiceKeys.LISTEN_PORT)

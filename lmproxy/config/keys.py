@@ -9,6 +9,10 @@ model's keyword arguments (L{Section.arguments}) and the README test are
 derived from these declarations; code elsewhere names a key by its
 declaration (C{ServiceKeys.LISTEN_PORT}), never by a string.
 
+The keys of the C{OpenAiApi} and C{ManagementApi} objects are declared in
+L{lmproxy.config.apis} (and can be imported from here too), those of an
+C{ApiKeys} entry in L{lmproxy.config.access}.
+
 The rules between keys of one object are each section's L{Section.check}.
 The rules that fill an attribute from several keys, or that involve several
 objects, are in L{lmproxy.config.build}.
@@ -21,15 +25,18 @@ from typing import Any
 import attrs
 from attrs import frozen
 
-from lmproxy.config.model import Config, ResourceConfig, ServiceConfig
+from lmproxy.config.access import ip_address
+from lmproxy.config.apis import ManagementApiKeys, OpenAiApiKeys
+from lmproxy.config.model import DEFAULT_LISTEN_ADDRESS, Config, ResourceConfig, ServiceConfig
 from lmproxy.config.problems import At
 from lmproxy.config.schema import Fields, Key, Section, check_named, check_object, nested_object
 from lmproxy.config.values import (
     Invalid,
     JsonObject,
     boolean,
+    characters,
     count,
-    count_or_default,
+    display_name,
     is_int,
     log_level,
     milliseconds,
@@ -96,6 +103,12 @@ def check_resources(value: Any, at: At) -> dict[str, Fields | None]:
         resource has a problem (so that no requirement of it is checked).
     """
     resources = check_named(value, at, _resource)
+    for name in resources:
+        try:
+            display_name(name, at)
+        except Invalid as e:
+            at.name(name).problem(f"the name {e}")
+            resources[name] = None
     return {name: None if f is None or f.bad else f for name, f in resources.items()}
 
 
@@ -111,8 +124,8 @@ class ServiceKeys(Section):
     # Missing keys are reported in this order: Name, Command, ProxyTargetPort.
     NAME = Key(
         "Name",
-        text,
-        doc="Unique.  Also the default OpenAI model id and log file name.",
+        display_name,
+        doc="Unique, no control characters.  Also the default OpenAI model id and log file name.",
         fills=_SERVICE.name,
         missing="missing or empty (required)",
     )
@@ -132,13 +145,21 @@ class ServiceKeys(Section):
     # No fills for these two: build._service makes the paths absolute.
     WORK_DIR = Key("WorkDir", text, doc="Its working directory; default lmproxy's.")
     LOG_FILE_PATH = Key(
-        "LogFilePath", text, doc="Where its output is appended; default logs/<Name>.log."
+        "LogFilePath",
+        text,
+        doc="Where its output is appended; default logs/<Name>.log, the Name made one file name.",
     )
     LISTEN_PORT = Key(
         "ListenPort",
         port,
         doc="Where clients connect; may be left out when OpenAiApi is true.",
         fills=_SERVICE.listen_port,
+    )
+    # No fills: build._service falls back to the top-level ListenAddress.
+    LISTEN_ADDRESS = Key(
+        "ListenAddress",
+        ip_address,
+        doc="The IP address its ListenPort listens on; default the top-level ListenAddress.",
     )
     PROXY_TARGET_HOST = Key(
         "ProxyTargetHost",
@@ -266,7 +287,7 @@ def _label(item: Any) -> str | None:
         return None
     wanted = ServiceKeys.NAME.name.casefold()
     names = [value for key, value in item if key.casefold() == wanted]
-    return names[0] if names and isinstance(names[0], str) else None
+    return characters(names[0]) if names and isinstance(names[0], str) else None
 
 
 def check_services(value: Any, at: At) -> list[Entry]:
@@ -289,34 +310,6 @@ def check_services(value: Any, at: At) -> list[Entry]:
     return entries
 
 
-class OpenAiApiKeys(Section):
-    """The keys of the C{OpenAiApi} object."""
-
-    LISTEN_PORT = Key(
-        "ListenPort",
-        port,
-        doc="The port of the OpenAI-compatible API; absent or empty: off.",
-        fills=_CONFIG.openai_listen_port,
-    )
-    MAX_REQUEST_BODY_BYTES = Key(
-        "MaxRequestBodyBytes",
-        count_or_default,
-        doc="Larger requests to the OpenAI port are refused with 413.",
-        fills=_CONFIG.openai_max_body_bytes,
-    )
-
-
-class ManagementApiKeys(Section):
-    """The keys of the C{ManagementApi} object."""
-
-    LISTEN_PORT = Key(
-        "ListenPort",
-        port,
-        doc="The port of the management API and dashboard; absent or empty: off.",
-        fills=_CONFIG.management_listen_port,
-    )
-
-
 class TopLevelKeys(Section):
     """The keys of the config's top-level object."""
 
@@ -331,6 +324,12 @@ class TopLevelKeys(Section):
         "ResourcesAvailable",
         check_resources,
         doc="Resource name to an amount, or to an object of ResourceKeys.",
+    )
+    LISTEN_ADDRESS = Key(
+        "ListenAddress",
+        ip_address,
+        doc="The IP address every port listens on unless it has its own.",
+        fallback=DEFAULT_LISTEN_ADDRESS,
     )
     OPENAI_API = nested_object("OpenAiApi", OpenAiApiKeys, doc="The OpenAI-compatible API.")
     MANAGEMENT_API = nested_object(

@@ -22,11 +22,24 @@ DEFAULT_OPENAI_MAX_BODY_BYTES = 64 * 1024 * 1024  # audio uploads run to 25 MB
 DEFAULT_HEALTHCHECK_INTERVAL_SECONDS = 0.1
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 600.0
 DEFAULT_CHECK_INTERVAL_SECONDS = 1.0
+DEFAULT_LISTEN_ADDRESS = "0.0.0.0"  # every IPv4 interface, as lmproxy always listened
 
 
 def is_tcp_port(number: int) -> bool:
     """Whether C{number} can be a TCP port (C{ProxyTargetPort} may not be: see its key)."""
     return 1 <= number <= 65535
+
+
+@frozen
+class Secret:
+    """
+    A value that must never be shown (an API key): its C{repr}, and so any
+    log line or message that shows a config object, hides it.
+
+    @ivar value: the secret itself.
+    """
+
+    value: str = field(repr=False)
 
 
 @frozen
@@ -68,6 +81,7 @@ class ServiceConfig:
         or C{None} for no link.
     @ivar resource_requirements: resource name to the amount used while the
         service runs.
+    @ivar listen_address: the IP address its C{listen_port} is bound to.
     """
 
     name: str
@@ -89,6 +103,7 @@ class ServiceConfig:
     openai_api_models: tuple[str, ...] = ()
     service_url: str | None = None
     resource_requirements: Mapping[str, int] = field(factory=dict)
+    listen_address: str = DEFAULT_LISTEN_ADDRESS
 
 
 @frozen
@@ -107,6 +122,15 @@ class Config:
         (each service's C{service_url} is already rendered).
     @ivar warnings: what loaded but deserves a line in the log, each starting
         with where it is in the file.
+    @ivar openai_listen_address: the IP address of the OpenAI port.
+    @ivar openai_api_keys: the keys a request to the OpenAI port must bring
+        one of; none: no key needed.
+    @ivar openai_allowed_origins: the C{Origin}s (C{scheme://host[:port]},
+        lowercase) whose requests the OpenAI port serves; C{"*"} is any.
+    @ivar management_listen_address: the IP address of the management port.
+    @ivar management_api_keys: like C{openai_api_keys}, for the management API.
+    @ivar management_allowed_hosts: host names (lowercase, without port) that
+        the management API answers to besides IP addresses and C{localhost}.
     """
 
     services: tuple[ServiceConfig, ...]
@@ -120,3 +144,9 @@ class Config:
     log_level: str = "Normal"
     default_service_url: str | None = None
     warnings: tuple[str, ...] = ()
+    openai_listen_address: str = DEFAULT_LISTEN_ADDRESS
+    openai_api_keys: tuple[Secret, ...] = ()
+    openai_allowed_origins: tuple[str, ...] = ()
+    management_listen_address: str = DEFAULT_LISTEN_ADDRESS
+    management_api_keys: tuple[Secret, ...] = ()
+    management_allowed_hosts: tuple[str, ...] = ()

@@ -11,8 +11,13 @@ config in one go.
 from __future__ import annotations
 
 import json
+import re
 
 from attrs import field, frozen
+
+# What json.dumps leaves raw but would break a problem's line or a terminal:
+# DEL and the C1 controls, the line and paragraph separators, lone surrogates.
+_RAW = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 class ConfigError(Exception):
@@ -36,9 +41,10 @@ def quote(name: str) -> str:
     Quote a name chosen by the user (a service, a resource) for a message.
 
     @param name: the name.
-    @return: C{name} as a JSON string, non-ASCII letters kept as they are.
+    @return: C{name} as a JSON string on one line, non-ASCII letters kept as
+        they are, control characters escaped.
     """
-    return json.dumps(name, ensure_ascii=False)
+    return _RAW.sub(lambda m: f"\\u{ord(m[0]):04x}", json.dumps(name, ensure_ascii=False))
 
 
 @frozen(eq=False)
@@ -69,8 +75,11 @@ class At:
     def key(self, key: str) -> At:
         """
         @param key: the name of a key of the object at this place.
-        @return: the place of that key's value.
+        @return: the place of that key's value (a key that cannot be shown
+            as it is, such as an unknown one with control characters, is
+            quoted).
         """
+        key = key if key.isprintable() else quote(key)
         return self._at(f"{self.path}.{key}" if self.path else key)
 
     def index(self, index: int) -> At:

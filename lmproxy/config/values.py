@@ -15,22 +15,46 @@ uses which.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from lmproxy.config.model import is_tcp_port
-from lmproxy.config.problems import At
+from lmproxy.config.problems import At, quote
+
+# A UTF-16 surrogate pair, as JSON writes a character beyond U+FFFF ("\ud83d\ude00").
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def characters(value: str) -> str:
+    """
+    Join the UTF-16 surrogate pairs that json5 leaves as two halves.
+
+    @param value: a string as parsed.
+    @return: the string as written: C{"\\ud83d\\ude00"} is one character.
+        Lone halves are left for L{text} to refuse.
+    """
+    return _SURROGATE_PAIR.sub(
+        lambda m: m[0].encode("utf-16-le", "surrogatepass").decode("utf-16-le"), value
+    )
 
 
 class JsonObject(list[tuple[str, Any]]):
     """
-    A JSON object as parsed: its (key, value) pairs in file order.
+    A JSON object as parsed: its (key, value) pairs in file order, each key
+    as written (see L{characters}).
 
     Duplicates are kept, so that a key given twice can be reported.
     """
+
+    def __init__(self, pairs: Iterable[tuple[str, Any]] = ()) -> None:
+        """
+        @param pairs: the (key, value) pairs, as json5 parsed them.
+        """
+        super().__init__((characters(key), value) for key, value in pairs)
 
 
 class Invalid(Exception):
@@ -60,7 +84,7 @@ def show(value: Any) -> str:
         return "an object"
     if isinstance(value, list):
         return "a list"
-    text = json.dumps(value, ensure_ascii=False)
+    text = quote(value) if isinstance(value, str) else json.dumps(value)
     return text if len(text) <= 60 else text[:56] + '..."'
 
 
@@ -72,11 +96,40 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# No program, path or shell command can take a NUL (the system calls take C
+# strings: Python raises when asked), nor a lone UTF-16 surrogate (JSON's
+# "\ud800"), which is no character and cannot be encoded for the system.
+_UNUSABLE = re.compile("[\x00\ud800-\udfff]")
+
+# What a name may not hold: it is shown on one line in logs, the dashboard
+# and URLs (C0 and C1 controls, DEL, the line and paragraph separators).
+_NOT_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def text(value: Any, at: At) -> Any:
-    """A string; C{""} is not set."""
+    """A string without NUL or lone surrogates; C{""} is not set."""
     if not isinstance(value, str):
         raise Invalid(f"expected a string, got {show(value)}")
+    value = characters(value)
+    bad = _UNUSABLE.search(value)
+    if bad is not None:
+        raise Invalid(
+            f"contains {show(bad[0])} at character {bad.start()}:"
+            " no program, path or command can take it"
+        )
     return value or UNSET
+
+
+def display_name(value: Any, at: At) -> Any:
+    """A name (of a service, a model): L{text} on one line, without control characters."""
+    given = text(value, at)
+    bad = None if given is UNSET else _NOT_IN_NAMES.search(given)
+    if bad is not None:
+        raise Invalid(
+            f"contains the control character {show(bad[0])} at character {bad.start()}:"
+            " a name is shown in logs, the dashboard and URLs"
+        )
+    return given
 
 
 def boolean(value: Any, at: At) -> Any:
@@ -172,10 +225,12 @@ def model_ids(value: Any, at: At) -> Any:
         raise Invalid(f"expected a list of model ids, got {show(value)}")
     ids: dict[str, None] = {}
     for index, item in enumerate(value):
-        if isinstance(item, str) and item:
-            ids[item] = None
-        else:
-            at.index(index).problem(f"expected a non-empty string, got {show(item)}")
+        try:
+            if not (isinstance(item, str) and item):
+                raise Invalid(f"expected a non-empty string, got {show(item)}")
+            ids[display_name(item, at)] = None
+        except Invalid as e:
+            at.index(index).problem(str(e))
     return tuple(ids) or UNSET
 
 
@@ -211,3 +266,29 @@ def render(url: str | None, listen_port: int | None) -> str | None:
     if url is None or _ACTION.search(url) is None:
         return url
     return None if listen_port is None else _ACTION.sub(str(listen_port), url)
+
+
+# In a default log file name: what would leave the logs folder or hide the
+# file (separators, leading dots), or not show on one line.
+_UNSAFE_IN_FILE_NAME = re.compile(r"^\.+|[/\\]|" + _NOT_IN_NAMES.pattern)
+# Most file systems take names of up to 255 bytes; room for ".log" and a hash.
+_MAX_FILE_NAME_BYTES = 200
+
+
+def log_file_name(name: str) -> str:
+    """
+    The default log file name of a service: one file name, in the logs
+    folder, that still reads as the service's name.
+
+    @param name: the service's name, checked by L{display_name}.
+    @return: e.g. C{Qwen_Qwen2.5-7B.log} for C{Qwen/Qwen2.5-7B}, and
+        C{___etc_passwd.log} for C{../etc/passwd}; a name too long for a file
+        name is cut, and a hash of it is added so that it stays its own.
+    """
+    safe = _UNSAFE_IN_FILE_NAME.sub(lambda m: "_" * len(m[0]), name)
+    encoded = safe.encode()
+    if len(encoded) > _MAX_FILE_NAME_BYTES:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        cut = encoded[:_MAX_FILE_NAME_BYTES].decode("utf-8", "ignore")
+        safe = f"{cut}-{digest}"
+    return f"{safe}.log"

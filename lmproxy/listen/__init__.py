@@ -7,12 +7,17 @@ themselves.
  - L{lmproxy.listen.sockets}: the listening sockets, opened with the standard
    library alone, before the config's parser and Twisted are imported.
  - L{lmproxy.listen.ports}: those sockets adopted into the reactor when the
-   service tree starts.
+   service tree starts, each accepting through an
+   L{lmproxy.listen.acceptor.AcceptingPort} (which outlives running out of
+   file descriptors).
  - L{lmproxy.listen.tcp}: per-service TCP forwarding (C{portforward} factories).
  - L{lmproxy.listen.openai}: the OpenAI port's routes (a Klein app).
- - L{lmproxy.listen.sites}: the twisted.web sites, the OpenAI port's with its
-   request-body limit.
+ - L{lmproxy.listen.sites}: the twisted.web sites of both HTTP ports, with
+   their request-body limits; L{lmproxy.listen.timeouts}: how slowly a client
+   may send its request.
  - L{lmproxy.listen.jsonerrors}: the OpenAI port's JSON answers and errors.
+ - L{lmproxy.listen.guard}: strangers refused on both HTTP ports (API keys,
+   the management API's Host, the Origin of browser requests).
  - L{lmproxy.listen.httpforward}: forwarding one HTTP request to a backend and
    relaying its response.
 """

@@ -6,8 +6,13 @@ resource answers even an undecodable URL with such an error.
 
 from __future__ import annotations
 
+# werkzeug's routing encodes each request's host with the "idna" codec, whose
+# module Python imports on first use: imported then, it would fail when the
+# process is out of file descriptors, and so would the request.
+import encodings.idna  # noqa: F401
 import json
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from klein.resource import KleinResource
@@ -75,14 +80,25 @@ def model_not_found(request: IRequest, model: str) -> bytes:
     return error_response(request, 404, message, param="model", code="model_not_found")
 
 
-def too_large(limit: int) -> dict[str, Any]:
+def unroutable(request: IRequest) -> str | None:
     """
-    The error document of a request body over C{limit} bytes (a 413).
+    Why Klein cannot route C{request} (it would log a traceback, and answer
+    400 in plain text or 500), or C{None}: a path or host that is not UTF-8,
+    or a host name that is not one (werkzeug encodes it with IDNA, which
+    refuses a label over 63 bytes).
 
-    @param limit: the largest body accepted, in bytes.
+    @param request: a request whose path and headers are in.
     """
-    message = f"The request body is larger than the limit of {limit} bytes."
-    return error_document(message, code="request_too_large")
+    try:
+        unquote_to_bytes(request.path).decode("utf-8")
+        host = request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return "The URL is not valid UTF-8."
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return "The Host header is not a valid host name."
+    return None
 
 
 class JsonErrorsResource(KleinResource):
@@ -93,11 +109,9 @@ class JsonErrorsResource(KleinResource):
 
     def render(self, request: IRequest) -> Any:  # Klein's own return type is private
         """Answer an undecodable path or host with a JSON 400, else as Klein does."""
-        try:
-            b"/".join(request.postpath).decode("utf-8")
-            request.getRequestHostname().decode("utf-8")
-        except UnicodeDecodeError:
-            return error_response(request, 400, "The URL is not valid UTF-8.")
+        problem = unroutable(request)
+        if problem is not None:
+            return error_response(request, 400, problem)
         return super().render(request)
 
 

@@ -10,8 +10,9 @@ counts as a waiting connection of the service (a start it triggers is shared
 with everyone else), and while it is forwarded its service is never evicted.
 
 Serve it with C{OpenAiApi(...).site()}: that site (L{lmproxy.listen.sites})
-holds the port's request-body limit, and L{lmproxy.listen.jsonerrors} builds
-its JSON answers.
+holds the port's request-body limit and refuses strangers (API keys, the
+Origin of browser requests: L{lmproxy.listen.guard}) before their body is
+read, and L{lmproxy.listen.jsonerrors} builds its JSON answers.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from werkzeug.sansio.multipart import NEED_DATA, Data, Epilogue, Field, Multipar
 
 from lmproxy.config import DEFAULT_OPENAI_MAX_BODY_BYTES, Config
 from lmproxy.interfaces import IBackends, ServiceUnavailable
+from lmproxy.listen.guard import GatedSite, KeyCheck, Refusal, origin_refusal
 from lmproxy.listen.httpforward import relay, send
 from lmproxy.listen.jsonerrors import (
     JsonErrorsKlein,
@@ -46,7 +48,6 @@ from lmproxy.listen.jsonerrors import (
     json_response,
     model_not_found,
 )
-from lmproxy.listen.sites import BodyLimitedSite
 from lmproxy.logs import log_observer
 
 # Through log_observer: the per-request debug line only with LogLevel Debug.
@@ -70,7 +71,8 @@ class OpenAiApi:
     inference endpoints, each forwarded to the service of its model.
 
     @param backends: hands out running backends.
-    @param config: the services and their C{openai_api_models}.
+    @param config: the services and their C{openai_api_models}; the port's
+        API keys and allowed origins.
     @param agent: sends the forwarded requests (in production an C{Agent} with
         a persistent C{HTTPConnectionPool}).
     @param clock: times requests for the log; drives the timeouts of L{site}.
@@ -91,6 +93,8 @@ class OpenAiApi:
         self._agent = agent
         self._clock = clock
         self._max_body_bytes = max_body_bytes
+        self._keys = KeyCheck(config.openai_api_keys, "OpenAiApi.ApiKeys")
+        self._origins = config.openai_allowed_origins
         # Model id -> service name, in config order (config rejects duplicate ids).
         self._services_by_model: dict[str, str] = {
             model: service.name
@@ -101,12 +105,24 @@ class OpenAiApi:
 
     def site(self) -> Site:
         """
-        The twisted.web site to serve this API on, a L{BodyLimitedSite}.
+        The twisted.web site to serve this API on, a L{GatedSite}.
         Unlike a plain C{Site(api.app.resource())}, it leaves multipart bodies
-        unparsed, and it refuses a body over the limit as soon as its size is
-        known, before reading it: the routes rely on it for the limit.
+        unparsed, it refuses a body over the limit as soon as its size is
+        known, before reading it: the routes rely on it for the limit; and it
+        refuses strangers (L{gate}) as soon as the headers are in.
         """
-        return BodyLimitedSite(self.app.resource(), self._max_body_bytes, self._clock)
+        return GatedSite(self.app.resource(), self._max_body_bytes, self._clock, self.gate)
+
+    def gate(self, request: IRequest) -> Refusal | None:
+        """
+        Why a request whose headers are in is refused, before anything
+        starts: a browser request from a page whose origin is not allowed
+        (403), or a request without one of the port's API keys (401).
+        """
+        origin, host = request.getHeader(b"origin"), request.getHeader(b"host")
+        return origin_refusal(origin, host, self._origins) or self._keys.refusal(
+            request.requestHeaders
+        )
 
     # --- Model list -----------------------------------------------------------
 
@@ -316,7 +332,7 @@ def multipart_field(body: bytes, boundary: bytes, name: str) -> str | None:
 
 
 def _body(request: Request) -> bytes:
-    """The whole body of C{request}: L{BodyLimitedSite} has kept it within the limit."""
+    """The whole body of C{request}: L{GatedSite} has kept it within the limit."""
     assert request.content is not None  # twisted.web sets it before rendering
     return request.content.read()
 

@@ -5,9 +5,9 @@ Every port of the config listens before the service tree is built
 (L{lmproxy.listen.sockets}), so that a port that cannot be opened stops
 lmproxy at once with an error naming the port, and clients that connect right
 after launch wait in the kernel's accept queue instead of being refused.  When
-the tree starts, each socket is adopted into the reactor (L{AdoptedPort},
-through the public C{IReactorSocket.adoptStreamPort}), which accepts the
-connections queued meanwhile.  L{LazySite} lets a port open before the heavier
+the tree starts, each socket is handed to the reactor (L{AdoptedPort}, through
+an L{lmproxy.listen.acceptor.AcceptingPort}), which accepts the connections
+queued meanwhile.  L{LazySite} lets a port open before the heavier
 imports that its web site needs.
 
 This module imports no twisted.web: it is on the path to the first listener.
@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory, IReactorSocket
+from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory
 from twisted.internet.protocol import Protocol, ServerFactory
 
+from lmproxy.listen.acceptor import AcceptingPort
 from lmproxy.listen.sockets import ListeningSocket
 
 if TYPE_CHECKING:
@@ -37,12 +38,11 @@ class AdoptedPort(Service):
     stops.
     """
 
-    def __init__(
-        self, reactor: IReactorSocket, listening: ListeningSocket, factory: IProtocolFactory
-    ) -> None:
+    def __init__(self, reactor: Any, listening: ListeningSocket, factory: IProtocolFactory) -> None:
         """
-        @param reactor: adopts the socket.
-        @param listening: a bound, listening, non-blocking IPv4 TCP socket
+        @param reactor: an C{IReactorFDSet}, C{IReactorSocket} and C{IReactorTime}:
+            watches the socket, adopts its clients.
+        @param listening: a bound, listening, non-blocking IPv4 or IPv6 TCP socket
             (L{lmproxy.listen.sockets.listen_socket}); this service owns it
             from now on.
         @param factory: builds a protocol for each connection.
@@ -57,13 +57,11 @@ class AdoptedPort(Service):
         super().startService()
         assert self._socket is not None, "an AdoptedPort starts once"
         listening, self._socket = self._socket, None
-        # Twisted annotates a ServerFactory; it takes any IProtocolFactory, as listenTCP does.
-        factory = cast(ServerFactory, self._factory)
-        try:
-            self._port = self._reactor.adoptStreamPort(listening.fileno(), socket.AF_INET, factory)
-        finally:
-            # The reactor listens on its own duplicate of the descriptor.
-            listening.close()
+        # Not the reactor's adoptStreamPort: an AcceptingPort outlives a
+        # shortage of file descriptors (see lmproxy.listen.acceptor).
+        port = AcceptingPort(self._reactor, socket.socket(fileno=listening.detach()), self._factory)
+        port.startListening()
+        self._port = port
 
     def stopService(self) -> Deferred[None]:
         """Stop listening; fires once the port is closed."""

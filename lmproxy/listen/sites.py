@@ -1,11 +1,19 @@
 """
-The twisted.web sites lmproxy serves: the OpenAI port's, which holds the one
-request-body limit of that port, and the management port's, which keeps no
+The twisted.web sites lmproxy serves, both L{BodyLimitedSite}s: the OpenAI
+port's, whose errors have OpenAI's shape, and the management port's
+(L{ManagementSite}), whose errors are C{{"error": message}} and which keeps no
 access log.
+
+Each bounds what a client may send (and never the answer): a request body
+over the site's limit is refused with 413 before it is read, a client too
+slow to send its request gets a 408 (L{lmproxy.listen.timeouts}), and a path
+or host that cannot be routed (not UTF-8, say) a 400, before any resource
+sees it: never a traceback in the log.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -14,7 +22,25 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from lmproxy.compat import EarlyAnswerRequest
-from lmproxy.listen.jsonerrors import JSON_CONTENT_TYPE, encode, too_large
+from lmproxy.listen.jsonerrors import JSON_CONTENT_TYPE, encode, unroutable
+from lmproxy.listen.timeouts import IDLE_SECONDS, GuardedChannel
+from lmproxy.openai_errors import error_document
+
+MANAGEMENT_MAX_BODY_BYTES = 64 * 1024
+"""The management API's routes take no body: larger ones are refused."""
+
+ErrorShape = Callable[[str, str | None], object]
+"""Builds a port's JSON error document from a message and a machine-readable code."""
+
+
+def openai_error(message: str, code: str | None) -> object:
+    """An error in OpenAI's shape (the OpenAI port's)."""
+    return error_document(message, code=code)
+
+
+def plain_error(message: str, code: str | None) -> object:
+    """An error as the management API gives them: C{{"error": message}}."""
+    return {"error": message}
 
 
 class BodyLimitedRequest(EarlyAnswerRequest):
@@ -23,10 +49,12 @@ class BodyLimitedRequest(EarlyAnswerRequest):
     is known to be over its site's C{max_body_bytes}: at once from
     Content-Length (no C{100 Continue} is sent, so such clients never upload
     it), else when a chunked body grows past it.  The routes behind it can
-    read C{request.content} whole: it is never over the limit.
+    read C{request.content} whole: it is never over the limit.  It tells its
+    L{GuardedChannel} when its headers and its body are in, and when it is
+    answered.
     """
 
-    channel: Any  # an HTTPChannel whose site is a BodyLimitedSite
+    channel: Any  # a GuardedChannel whose site is a BodyLimitedSite
     _body_bytes_received = 0
 
     def _limit(self) -> int:
@@ -35,6 +63,7 @@ class BodyLimitedRequest(EarlyAnswerRequest):
 
     def body_length(self, length: int | None) -> None:
         """Refuse a declared length over the limit before reading the body."""
+        self.channel.headers_received(length)
         if length is not None and length > self._limit():
             self._refuse()
 
@@ -44,41 +73,114 @@ class BodyLimitedRequest(EarlyAnswerRequest):
         if self._body_bytes_received > self._limit():
             self._refuse()
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """The request is complete: no more timeouts until it is answered."""
+        if not self.answered_early:
+            channel = self.channel
+            channel.request_received()
+            self.notifyFinish().addBoth(lambda _: channel.request_answered())
+        super().requestReceived(command, path, version)
+
+    def process(self) -> None:
+        """Answer a path or host that cannot be routed with a 400, else render."""
+        problem = unroutable(self)
+        if problem is None:
+            super().process()
+            return
+        headers, body = self.channel.site.error_answer(problem, None, close=False)
+        self.setResponseCode(400)
+        for name, value in headers:
+            self.setHeader(name, value)
+        self.write(body)
+        self.finish()
+
+    def refuse(
+        self,
+        status: int,
+        message: str,
+        code: str | None,
+        extra: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """
+        Answer an error in the site's shape at once, before the body is
+        read, and close the connection (see
+        L{EarlyAnswerRequest.answer_early}).
+
+        @param status: the HTTP status.
+        @param message: what went wrong, fit to show a user.
+        @param code: a machine-readable code, if any.
+        @param extra: more headers to answer with.
+        """
+        self.channel.request_received()  # answered: its clock stops
+        headers, body = self.channel.site.error_answer(message, code)
+        headers.extend(extra)
+        self.answer_early(status, Headers({name: [value] for name, value in headers}), body)
+
     def _refuse(self) -> None:
-        body = encode(too_large(self._limit()))
-        headers = Headers(
-            {
-                b"Content-Type": [JSON_CONTENT_TYPE],
-                b"Content-Length": [b"%d" % len(body)],
-                b"Connection": [b"close"],
-            }
-        )
-        self.answer_early(413, headers, body)
+        message = f"The request body is larger than the limit of {self._limit()} bytes."
+        self.refuse(413, message, "request_too_large")
 
 
 class BodyLimitedSite(Site):
     """
-    A site whose requests are L{BodyLimitedRequest}s, and which leaves
-    multipart bodies unparsed: a plain C{Site} parses every upload into
-    C{request.args}, and answers a malformed one with a bare 400.
+    A site whose connections are L{GuardedChannel}s and whose requests are
+    L{BodyLimitedRequest}s, and which leaves multipart bodies unparsed: a
+    plain C{Site} parses every upload into C{request.args}, and answers a
+    malformed one with a bare 400.
 
     @ivar max_body_bytes: larger request bodies are refused with 413.
     """
 
+    # Twisted types this as its wrapper that can also speak HTTP/2 (over TLS
+    # only, which lmproxy does not serve): a plain HTTPChannel is what it wraps.
+    protocol = GuardedChannel  # type: ignore[assignment]
     requestFactory = BodyLimitedRequest
 
-    def __init__(self, resource: IResource, max_body_bytes: int, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        max_body_bytes: int,
+        clock: IReactorTime,
+        errors: ErrorShape = openai_error,
+    ) -> None:
         """
         @param resource: the root resource.
         @param max_body_bytes: larger request bodies are refused with 413.
         @param clock: drives the site's timeouts.
+        @param errors: the shape of the site's own errors (413, 408).
         """
-        super().__init__(resource, parsePOSTFormSubmission=False, reactor=clock)
+        super().__init__(
+            resource, parsePOSTFormSubmission=False, reactor=clock, timeout=IDLE_SECONDS
+        )
         self.max_body_bytes = max_body_bytes
+        self._errors = errors
+
+    def error_answer(
+        self, message: str, code: str | None, close: bool = True
+    ) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """
+        The headers and body of an error the site answers itself.
+
+        @param message: what went wrong, fit to show a user.
+        @param code: a machine-readable code, if any (OpenAI's shape carries it).
+        @param close: whether the answer closes the connection (says so).
+        """
+        body = encode(self._errors(message, code))
+        headers = [(b"Content-Type", JSON_CONTENT_TYPE), (b"Content-Length", b"%d" % len(body))]
+        if close:
+            headers.append((b"Connection", b"close"))
+        return headers, body
 
 
-class UnloggedSite(Site):
-    """A site that keeps no access log (dashboards poll the management port)."""
+class ManagementSite(BodyLimitedSite):
+    """The management port's site: small bodies, plain errors, no access log (dashboards poll)."""
+
+    def __init__(self, resource: IResource, clock: IReactorTime) -> None:
+        """
+        @param resource: the management API's resource.
+        @param clock: drives the site's timeouts.
+        """
+        super().__init__(resource, MANAGEMENT_MAX_BODY_BYTES, clock, plain_error)
 
     def log(self, request: Any) -> None:
         """Log nothing."""

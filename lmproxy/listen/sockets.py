@@ -38,21 +38,31 @@ and retry after 1 s).
 """
 
 
-def listen_socket(port: int, backlog: int = LISTEN_BACKLOG) -> ListeningSocket:
+DEFAULT_ADDRESS = "0.0.0.0"
+"""Every IPv4 interface: where a port listens unless the config says otherwise."""
+
+
+def listen_socket(
+    port: int, address: str = DEFAULT_ADDRESS, backlog: int = LISTEN_BACKLOG
+) -> ListeningSocket:
     """
-    A TCP socket bound to C{port} on every IPv4 interface, listening.
+    A TCP socket bound to C{port} on C{address}, listening.
 
     @param port: the port number.
+    @param address: an IPv4 or IPv6 address literal (C{"0.0.0.0"} and
+        C{"::"} are every interface; what C{"::"} does with IPv4 is the
+        system's default, on Linux to accept it too).
     @param backlog: the length of its accept queue.
     @return: the listening, non-blocking socket.
     @raise OSError: the port cannot be opened.
     """
-    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    family = _socket.AF_INET6 if ":" in address else _socket.AF_INET
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
     try:
         # As Twisted's own TCP ports do on POSIX: a restarted lmproxy can listen
         # again while connections of the previous one are in TIME_WAIT.
         sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
-        sock.bind(("", port))
+        sock.bind((address, port))
         sock.listen(backlog)
         sock.setblocking(False)
     except OSError:
@@ -63,7 +73,8 @@ def listen_socket(port: int, backlog: int = LISTEN_BACKLOG) -> ListeningSocket:
 
 def listen_early(ports: Iterable[int]) -> dict[int, ListeningSocket | OSError]:
     """
-    Try to open each port, before the config is known to be good.
+    Try to open each port on L{DEFAULT_ADDRESS}, before the config is known
+    to be good.
 
     @param ports: the port numbers.
     @return: by port, its listening socket, or why it could not be opened
@@ -79,26 +90,28 @@ def listen_early(ports: Iterable[int]) -> dict[int, ListeningSocket | OSError]:
     return opened
 
 
-def port_keys(config: Config) -> dict[int, str]:
+def port_keys(config: Config) -> dict[int, tuple[str, str]]:
     """
     The ports that C{config} listens on, each with the key that asks for it,
     named as the parser names places (C{Services[2] ("Gemma-27B").ListenPort},
-    C{OpenAiApi.ListenPort}, C{ManagementApi.ListenPort}).
+    C{OpenAiApi.ListenPort}, C{ManagementApi.ListenPort}), and its address.
 
     @param config: a parsed config (its ports are distinct).
-    @return: key by port, in the config's order.
+    @return: (key, address) by port, in the config's order.
     """
-    import json  # loaded already by the parser; not on the way to listening
+    from lmproxy.config.problems import quote  # loaded already by the parser
 
-    keys: dict[int, str] = {}
+    keys: dict[int, tuple[str, str]] = {}
     for index, service in enumerate(config.services):
         if service.listen_port is not None:
-            name = json.dumps(service.name, ensure_ascii=False)
-            keys[service.listen_port] = f"Services[{index}] ({name}).ListenPort"
+            where = f"Services[{index}] ({quote(service.name)}).ListenPort"
+            keys[service.listen_port] = (where, service.listen_address)
     if config.openai_listen_port is not None:
-        keys[config.openai_listen_port] = "OpenAiApi.ListenPort"
+        where = "OpenAiApi.ListenPort"
+        keys[config.openai_listen_port] = (where, config.openai_listen_address)
     if config.management_listen_port is not None:
-        keys[config.management_listen_port] = "ManagementApi.ListenPort"
+        where = "ManagementApi.ListenPort"
+        keys[config.management_listen_port] = (where, config.management_listen_address)
     return keys
 
 
@@ -119,36 +132,44 @@ class PortsUnavailable(Exception):
 
 
 def take_ports(
-    keys: Mapping[int, str], early: Mapping[int, ListeningSocket | OSError] | None = None
+    keys: Mapping[int, tuple[str, str]],
+    early: Mapping[int, ListeningSocket | OSError] | None = None,
 ) -> dict[int, ListeningSocket]:
     """
-    Every port of C{keys} listening: those opened early, the others now.
+    Every port of C{keys} listening on its address: those opened early (on
+    that address), the others now.
 
-    @param keys: the key that asks for each port (L{port_keys}).
+    @param keys: the key that asks for each port, and its address (L{port_keys}).
     @param early: what L{listen_early} opened (this function owns those
-        sockets from now on: the ones C{keys} does not want are closed).
+        sockets from now on: the ones C{keys} does not want, on that port and
+        address, are closed).
     @return: the listening sockets, by port.
     @raise PortsUnavailable: naming every port that cannot be opened, with
-        its key; every socket is closed.
+        its key (and its address, unless it is L{DEFAULT_ADDRESS}); every
+        socket is closed.
     """
     early = early or {}
+    wanted: dict[int, ListeningSocket] = {}
     for port, opened in early.items():
-        if port not in keys and isinstance(opened, ListeningSocket):
-            opened.close()
+        if isinstance(opened, ListeningSocket):
+            if port in keys and opened.getsockname()[0] == keys[port][1]:
+                wanted[port] = opened
+            else:
+                opened.close()
     listening: dict[int, ListeningSocket] = {}
     problems = []
-    for port, key in keys.items():
-        sock = early.get(port)
-        if isinstance(sock, ListeningSocket):
-            listening[port] = sock
+    for port, (key, address) in keys.items():
+        if port in wanted:
+            listening[port] = wanted[port]
             continue
         # Not tried yet, or failed a moment ago: try (again) now, which also
         # gives the error that is current.
         try:
-            listening[port] = listen_socket(port)
+            listening[port] = listen_socket(port, address)
         except OSError as e:
             why = e.strerror or str(e)
-            problems.append(f"{key} {port}: {why[:1].lower()}{why[1:]}")
+            where = "" if address == DEFAULT_ADDRESS else f" on {address}"
+            problems.append(f"{key} {port}{where}: {why[:1].lower()}{why[1:]}")
     if problems:
         for sock in listening.values():
             sock.close()

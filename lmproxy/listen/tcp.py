@@ -11,6 +11,12 @@ control (each transport is the other's producer), and when either side closes
 the other is closed too.  A failed connection to the backend is retried after
 L{ILease.reconnect} as long as the lease allows it (L{ILease.may_reconnect}:
 once per client), as the OpenAI port does.
+
+Unlike the HTTP ports (L{lmproxy.listen.timeouts}), nothing here times a
+client out: the protocol is the service's, and its clients may rightly be
+silent for long (a websocket, a database session), as upstream allows.  A
+client that does not read holds only its own connection: the backend's
+transport is paused while the client's is full.
 """
 
 from __future__ import annotations

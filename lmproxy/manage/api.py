@@ -20,6 +20,10 @@ Routes:
 Everything is answered from the supervisor's statuses and never waits on a
 start or a resource check.  Errors are JSON: C{{"error": message}}, plus
 C{"service"} (its state) where one is concerned.
+
+Served behind L{lmproxy.listen.guard.management_resource}, which refuses
+strangers first: a Host that is not allowed, another site's page, a request
+without an API key.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ from __future__ import annotations
 import json
 from importlib.resources import files
 from typing import Any
-from urllib.parse import urlsplit
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -120,7 +123,8 @@ def _shielded(d: Deferred[None]) -> Deferred[None]:
 
 class ManagementApi:
     """
-    The management API and dashboard; serve C{api.app.resource()}.
+    The management API and dashboard; serve C{api.app.resource()}, behind
+    C{lmproxy.listen.guard.management_resource}.
 
     C{clock} drives coalescing, keepalives and log polling; the intervals can
     be changed for tests.
@@ -166,18 +170,6 @@ class ManagementApi:
         except UnknownService:
             return None
 
-    def _cross_origin(self, request: IRequest) -> bool:
-        """
-        True for a browser request sent by another site's page (which could
-        otherwise stop services with a plain HTML form); tools that send no
-        Origin, like curl, are never refused.
-        """
-        origin = request.getHeader(b"origin")
-        if origin is None:
-            return False
-        host = request.getHeader(b"host") or b""
-        return urlsplit(origin.decode("latin-1")).netloc != host.decode("latin-1")
-
     def _unknown(self, request: IRequest, name: str) -> bytes:
         return self._error(request, 404, f"no service named {name!r}")
 
@@ -205,8 +197,6 @@ class ManagementApi:
 
     @app.route("/services/<name:name>/start", methods=["POST"], merge_slashes=False)
     async def start(self, request: IRequest, name: str) -> bytes:
-        if self._cross_origin(request):
-            return self._error(request, 403, "cross-origin request refused")
         if self._service_json(name) is None:
             return self._unknown(request, name)
         try:
@@ -219,8 +209,6 @@ class ManagementApi:
 
     @app.route("/services/<name:name>/stop", methods=["POST"], merge_slashes=False)
     async def stop(self, request: IRequest, name: str) -> bytes:
-        if self._cross_origin(request):
-            return self._error(request, 403, "cross-origin request refused")
         if self._service_json(name) is None:
             return self._unknown(request, name)
         force = (_arg(request, "force") or "").lower() in _TRUE

@@ -1,5 +1,5 @@
 // Fakes for the dashboard's unit tests: a clock whose time the test moves, an
-// EventSource the test speaks through, a fetch the test answers, and a small
+// EventSource the test speaks through, fetches the test answers, and a small
 // DOM (only what the views use: elements, text, attributes, classes, styles,
 // insertBefore and friends), so that node can run the views without a
 // browser.  The real browser runs them in tests/test_dashboard_browser.py.
@@ -92,6 +92,53 @@ export class FakeFetch {
   /** Fail the oldest open call. */
   fail() {
     this.calls.shift().reject(new Error("connection refused"));
+  }
+}
+
+/**
+ * A fetch of event streams, or of anything: each call waits until the test
+ * answers it (`respond`), then the test writes the body as it likes.
+ */
+export class FakeStreamFetch {
+  constructor() {
+    this.calls = [];
+    this.fetch = (url, init = {}) =>
+      new Promise((resolve, reject) => {
+        const call = { url, init, resolve, reject, aborted: false, body: null };
+        this.calls.push(call);
+        init.signal?.addEventListener("abort", () => {
+          call.aborted = true;
+          reject(init.signal.reason);
+          call.body?.error(init.signal.reason);
+        });
+      });
+  }
+
+  /**
+   * Answer a call (the last one by default) with a body the test writes.
+   * @returns {{write: (text: string) => void, bytes: (b: Uint8Array) => void,
+   *     end: () => void, fail: () => void}}
+   */
+  respond({ status = 200, type = "text/event-stream; charset=utf-8", call } = {}) {
+    const answered = call ?? this.calls.at(-1);
+    const body = new ReadableStream({
+      start(controller) {
+        answered.body = controller;
+      },
+    });
+    answered.resolve(new Response(body, { status, headers: { "content-type": type } }));
+    const encoder = new TextEncoder();
+    return {
+      write: (text) => answered.body.enqueue(encoder.encode(text)),
+      bytes: (b) => answered.body.enqueue(b),
+      end: () => answered.body.close(),
+      fail: () => answered.body.error(new Error("connection reset")),
+    };
+  }
+
+  /** The last call fails as a refused connection does. */
+  refuse() {
+    this.calls.at(-1).reject(new TypeError("fetch failed"));
   }
 }
 

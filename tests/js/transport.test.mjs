@@ -1,5 +1,6 @@
 // The link to lmproxy (transport.js): the stream, polling while it is down,
-// the banner state, and reconnects, on a fake clock, EventSource and fetch.
+// the banner state, reconnects, and the lock while the API wants a key, on a
+// fake clock, EventSource and fetch.
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -48,15 +49,23 @@ async function polling() {
 }
 
 test("the table: every state knows every input", () => {
-  const inputs = ["streamStatus", "streamFailed", "pollSucceeded", "pollFailed"];
+  const inputs = [
+    "streamStatus",
+    "streamFailed",
+    "pollSucceeded",
+    "pollFailed",
+    "locked",
+    "unlocked",
+  ];
   const table = Object.fromEntries(
     LINK_STATES.map((s) => [s, inputs.map((i) => nextLinkState(s, i))]),
   );
   assert.deepEqual(table, {
-    connecting: ["live", "polling", null, null],
-    live: ["live", "polling", null, null],
-    polling: ["live", "polling", "polling", "down"],
-    down: ["live", "down", "polling", "down"],
+    connecting: ["live", "polling", null, null, "locked", null],
+    live: ["live", "polling", null, null, "locked", null],
+    polling: ["live", "polling", "polling", "down", "locked", null],
+    down: ["live", "down", "polling", "down", "locked", null],
+    locked: [null, null, null, null, null, "connecting"],
   });
   assert.equal(nextLinkState("live", "nonsense"), null);
   assert.equal(nextLinkState("nonsense", "pollFailed"), null);
@@ -204,4 +213,45 @@ test("stop: the stream closed, no timers, late answers ignored", async () => {
   live.link.start();
   live.link.stop();
   assert.equal(live.stream().closed, true);
+});
+
+test("locked: the stream closed, no polls, stale news dropped, until unlocked", async () => {
+  const h = await polling();
+  h.clock.advance(POLL_MS);
+  assert.equal(h.fetcher.calls.length, 1, "a poll on its way");
+  const stream = h.stream();
+  h.link.lock();
+  assert.equal(h.link.state, "locked");
+  assert.deepEqual(h.states.at(-1), ["polling", "locked"]);
+  assert.equal(h.clock.pending(), 0, "no poll, no retry");
+  const before = h.messages.length;
+  h.fetcher.answer(DOC);
+  await settle();
+  stream.emit("status", DOC);
+  assert.equal(h.messages.length, before, "news of before the lock is dropped");
+  const changes = h.states.length;
+  h.link.lock();
+  assert.equal(h.states.length, changes, "locked twice is locked once");
+  h.clock.advance(10 * STREAM_RETRY_MS);
+  assert.deepEqual([h.streams.length, h.fetcher.calls.length], [1, 0]);
+
+  h.link.unlock();
+  assert.equal(h.link.state, "connecting");
+  assert.deepEqual(h.states.at(-1), ["locked", "connecting"]);
+  assert.equal(h.streams.length, 2, "the stream again");
+  h.stream().emit("status", DOC);
+  assert.equal(h.link.state, "live");
+});
+
+test("locked while connecting; a failed stream after unlock polls as at first", async () => {
+  const h = harness();
+  h.link.start();
+  h.link.lock();
+  assert.equal(h.stream().closed, true);
+  h.link.unlock();
+  h.stream().fail();
+  assert.equal(h.link.state, "polling");
+  assert.equal(h.fetcher.calls.length, 1, "a poll at once");
+  h.link.unlock();
+  assert.equal(h.streams.length, 2, "unlock when not locked changes nothing");
 });

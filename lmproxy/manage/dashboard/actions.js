@@ -12,9 +12,10 @@ export class Actions {
    * @param {import("./store.js").Store} parts.store
    * @param {import("./feedback.js").Feedback} parts.feedback
    * @param {(name: string) => {setBusy: Function} | undefined} parts.rowOf
+   * @param {typeof fetch} parts.fetch the page's fetch (with the key).
    */
-  constructor({ store, feedback, rowOf }) {
-    Object.assign(this, { store, feedback, rowOf });
+  constructor({ store, feedback, rowOf, fetch }) {
+    Object.assign(this, { store, feedback, rowOf, fetch });
   }
 
   /**
@@ -29,7 +30,7 @@ export class Actions {
     row?.setBusy(action);
     try {
       const url = servicePath(name, action) + (force ? "?force=1" : "");
-      const response = await fetch(url, { method: "POST" });
+      const response = await this.fetch(url, { method: "POST" });
       const body = await response.json().catch(() => ({}));
       if (response.status === 409 && !force) {
         row?.setBusy(null);

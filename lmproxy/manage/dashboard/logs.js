@@ -1,5 +1,6 @@
 // The log panel of a service: its last lines, then, while "Follow" is ticked,
-// the new ones as they are written (an EventSource on the log's stream).
+// the new ones as they are written (an event stream on the log's SSE, which
+// reconnects by itself).
 
 import { el } from "./dom.js";
 import { logUrl } from "./format.js";
@@ -11,9 +12,13 @@ export const LOG_KEEP_LINES = 2000;
 export class LogPanel {
   /**
    * @param {string} name the service.
+   * @param {object} api how the page talks to lmproxy (with the key).
+   * @param {typeof fetch} api.fetch
+   * @param {(url: string) => EventSource} api.openStream an EventSource, or
+   *     anything that speaks like one (sse.js).
    */
-  constructor(name) {
-    this.name = name;
+  constructor(name, { fetch, openStream }) {
+    Object.assign(this, { name, fetch, openStream });
     this.lines = [];
     this.stream = null;
     this.follow = el("input", { type: "checkbox", class: "follow" });
@@ -47,7 +52,7 @@ export class LogPanel {
     this.show();
     if (this.follow.checked) {
       this.setState("connecting…");
-      const stream = new EventSource(logUrl(this.name, LOG_TAIL_LINES, true));
+      const stream = this.openStream(logUrl(this.name, LOG_TAIL_LINES, true));
       this.stream = stream;
       // A reconnect sends the tail again: start over rather than repeat it.
       stream.onopen = () => {
@@ -59,10 +64,12 @@ export class LogPanel {
       stream.addEventListener("reset", () =>
         this.add(["──── the log file was truncated or replaced ────"]),
       );
-      stream.onerror = () => this.setState("reconnecting…");
+      // A refusal (status 401, 404...) is final; a broken stream is retried.
+      stream.onerror = (event) =>
+        this.setState(event.status ? `failed: HTTP ${event.status}` : "reconnecting…");
     } else {
       this.setState("loading…");
-      fetch(logUrl(this.name, LOG_TAIL_LINES, false))
+      this.fetch(logUrl(this.name, LOG_TAIL_LINES, false))
         .then((response) =>
           response.ok ? response.text() : Promise.reject(new Error(`HTTP ${response.status}`)),
         )

@@ -10,6 +10,7 @@ export const LINK_LABELS = Object.freeze({
   live: "Live",
   polling: "Polling",
   down: "Offline",
+  locked: "Key needed",
 });
 
 /**

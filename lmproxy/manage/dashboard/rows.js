@@ -64,10 +64,13 @@ export class ServiceRow {
    * @param {object} page
    * @param {(name: string, action: string) => void} page.act runs start or stop.
    * @param {() => number} page.now the clock (ms).
+   * @param {{fetch: Function, openStream: Function}} page.api for the log
+   *     panel (see logs.js).
    */
-  constructor(name, { act, now }) {
+  constructor(name, { act, now, api }) {
     this.name = name;
     this.now = now;
+    this.api = api;
     this.service = null;
     this.busy = null;
     this.logs = null;
@@ -212,7 +215,7 @@ export class ServiceRow {
   toggleLogs() {
     const open = this.logs === null;
     if (open) {
-      this.logs = new LogPanel(this.name);
+      this.logs = new LogPanel(this.name, this.api);
       this.logCell.replaceChildren(this.logs.node);
       this.logs.open();
     } else {

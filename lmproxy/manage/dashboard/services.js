@@ -26,15 +26,17 @@ export class ServicesView {
    * @param {Storage | null} parts.storage where the order is remembered.
    * @param {(name: string, action: string) => void} parts.act runs an action.
    * @param {() => number} parts.now the clock (ms).
+   * @param {{fetch: Function, openStream: Function}} parts.api for the log
+   *     panels (see logs.js).
    */
-  constructor({ table, empty, sortKey, sortDir, store, storage, act, now }) {
+  constructor({ table, empty, sortKey, sortDir, store, storage, act, now, api }) {
     Object.assign(this, { table, empty, sortKey, sortDir, store, storage });
     this.sort = loadSort(storage);
     this.headers = [...table.querySelectorAll("th[data-sort]")];
     this.rows = new KeyedList(
       table,
       {
-        create: (name) => new ServiceRow(name, { act, now }),
+        create: (name) => new ServiceRow(name, { act, now, api }),
         update: (row, service) => row.update(service, serviceColor(row.name, this.names)),
         destroy: (row) => row.destroy(),
       },

@@ -1,19 +1,24 @@
 // How the page hears from lmproxy: the Server-Sent Events of /events, and
 // while that stream is down, /status polled every second, the stream tried
-// again every five seconds.  One small state machine; the browser's
-// EventSource, fetch and timers are arguments, so node can test it.
+// again every five seconds.  One small state machine; the event stream
+// (sse.js's FetchEventSource in the page), fetch and timers are arguments, so
+// node can test it.
 //
 //   connecting --status event--> live       the stream is open and current
 //   connecting, live --stream fails--> polling   (poll at once, retry in 5 s)
 //   polling --poll fails--> down            lmproxy cannot be reached: banner
 //   down --poll succeeds--> polling
 //   polling, down --status event--> live    a retried stream is back: no polls
+//   any --lock()--> locked                  the API wants a key: nothing runs
+//   locked --unlock()--> connecting         a key was given: the stream again
 //
 // Any other input is stale news (say, a poll that ends after the stream came
 // back) and changes nothing: its data is dropped too.
 
+import { BROWSER_CLOCK } from "./sse.js";
+
 /** The states of the link, in the order the page usually meets them. */
-export const LINK_STATES = Object.freeze(["connecting", "live", "polling", "down"]);
+export const LINK_STATES = Object.freeze(["connecting", "live", "polling", "down", "locked"]);
 
 /** The events of /events that are passed on (their data parsed as JSON). */
 export const STREAM_EVENTS = Object.freeze([
@@ -29,41 +34,41 @@ export const STREAM_RETRY_MS = 5000;
 
 // state -> input -> next state.
 const TRANSITIONS = Object.freeze({
-  connecting: { streamStatus: "live", streamFailed: "polling" },
-  live: { streamStatus: "live", streamFailed: "polling" },
+  connecting: { streamStatus: "live", streamFailed: "polling", locked: "locked" },
+  live: { streamStatus: "live", streamFailed: "polling", locked: "locked" },
   polling: {
     streamStatus: "live",
     streamFailed: "polling",
     pollSucceeded: "polling",
     pollFailed: "down",
+    locked: "locked",
   },
   down: {
     streamStatus: "live",
     streamFailed: "down",
     pollSucceeded: "polling",
     pollFailed: "down",
+    locked: "locked",
   },
+  locked: { unlocked: "connecting" },
 });
 
 /**
  * The transition table: the state after an input.
  * @param {string} state one of LINK_STATES.
- * @param {"streamStatus" | "streamFailed" | "pollSucceeded" | "pollFailed"} input
+ * @param {"streamStatus" | "streamFailed" | "pollSucceeded" | "pollFailed"
+ *     | "locked" | "unlocked"} input
  * @returns {string | null} the next state; null when the input is stale there.
  */
 export function nextLinkState(state, input) {
   return TRANSITIONS[state]?.[input] ?? null;
 }
 
-const BROWSER_CLOCK = {
-  setTimeout: (callback, ms) => setTimeout(callback, ms),
-  clearTimeout: (id) => clearTimeout(id),
-};
-
 export class Link {
   /**
    * @param {object} options
-   * @param {(url: string) => EventSource} options.openStream opens /events.
+   * @param {(url: string) => EventSource} options.openStream opens /events:
+   *     an EventSource, or anything that speaks like one (sse.js).
    * @param {() => Promise<object>} options.fetchStatus the /status document;
    *     rejects when lmproxy cannot be reached or does not answer 200.
    * @param {(event: string, data: object) => void} options.onMessage told
@@ -98,6 +103,16 @@ export class Link {
     this._openStream();
   }
 
+  /** Stop until unlock(): the API refused the key (or its absence). */
+  lock() {
+    this._input("locked");
+  }
+
+  /** A key was given: open the stream again. */
+  unlock() {
+    this._input("unlocked");
+  }
+
   /** Close the stream and stop every timer; later news is ignored. */
   stop() {
     this.closed = true;
@@ -112,6 +127,11 @@ export class Link {
     this.state = next;
     if (next === "live") {
       this._stopPolling();
+    } else if (next === "locked") {
+      this._stopPolling();
+      this._closeStream();
+    } else if (next === "connecting") {
+      this._openStream();
     } else if (input === "streamFailed") {
       this.retryTimer = this.clock.setTimeout(() => {
         this.retryTimer = null;

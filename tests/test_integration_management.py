@@ -439,12 +439,14 @@ class ManagementIntegrationTests(TestCase):
                 "stopped",
             ],
         )
+        # b may start once a is stopping: a measurement taken while a stops
+        # can only under-state what is free (a frees VRAM, never takes more).
         a_running, _ = events.first("a", "running")
-        a_stopped = next(
-            i for i, s in events.service_updates("a") if s["status"] == "stopped" and i > a_running
+        a_stopping = next(
+            i for i, s in events.service_updates("a") if s["status"] == "stopping" and i > a_running
         )
         b_starting, _ = events.first("b", "starting")
-        self.assertLess(a_stopped, b_starting, "b started beside a, on a stale measurement")
+        self.assertLess(a_stopping, b_starting, "b started beside a, on a stale measurement")
         self.assertEqual(events.named("evicted"), [{"service": "a"}])
         self.assertEqual(await lmproxy.stop(), 0)
 

@@ -25,7 +25,9 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.python import usage
 
 from lmproxy.config import Config, ConfigError, load_config
+from lmproxy.core.portcheck import port_taken
 from lmproxy.core.shell import SETSID
+from lmproxy.core.subreaper import Subreaper
 from lmproxy.core.supervisor import Supervisor
 from lmproxy.core.watchdog import Watchdog
 from lmproxy.fdlimit import raise_fd_limit
@@ -111,6 +113,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     def listen(port: int, factory: IProtocolFactory) -> None:
         AdoptedPort(reactor, listening[port], factory).setServiceParent(top)
 
+    # First: the processes a service leaves behind are re-parented to lmproxy
+    # (and reaped by it) from its very first spawn on.
+    Subreaper(reactor).setServiceParent(top)
+
     # The watchdog's child ends the process groups the supervisor registers with
     # it once its pipe closes, that is when lmproxy's process exits, however it
     # exits: stopping the tree does not involve it (MultiService stops its
@@ -120,7 +126,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # group is gone, so the child finds nothing left to end.
     watchdog = Watchdog(reactor, SETSID)
     watchdog.setServiceParent(top)
-    supervisor = Supervisor(config, reactor, groups=watchdog)
+    supervisor = Supervisor(config, reactor, groups=watchdog, port_check=port_taken)
     supervisor.setServiceParent(top)
     signals = ShutdownSignals(supervisor, reactor, options.quit)
     signals.setServiceParent(top)

@@ -1,23 +1,31 @@
 """
 Tests of L{lmproxy.compat}: one test per assumption it makes of Twisted
-beyond its public API (numbered as in its docstring), so that a Twisted
-upgrade that breaks one fails here.  A real C{Site} and C{HTTPChannel} over a
-C{StringTransport}: no sockets, no time.
+beyond its public API (numbered as in the docstrings of its modules), so that
+a Twisted upgrade that breaks one fails here.  For L{lmproxy.compat.web}, a
+real C{Site} and C{HTTPChannel} over a C{StringTransport}: no sockets, no
+time; for L{lmproxy.compat.process}, a real child process.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from lmproxy.compat import EarlyAnswerRequest
+from lmproxy.compat.process import twisted_children
+from lmproxy.compat.web import EarlyAnswerRequest
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 50000)
 
@@ -124,3 +132,24 @@ class EarlyAnswerTests(SynchronousTestCase):
         self.assertEqual(self.resource.bodies, [])
         self.channel.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class _Ended(ProcessProtocol):
+    def __init__(self) -> None:
+        self.ended: Deferred[None] = Deferred()
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+
+
+class TwistedAssumptionTests(TestCase):
+    """What L{twisted_children} assumes of Twisted's process support (a real child)."""
+
+    async def test_spawned_child_is_known_until_reaped(self) -> None:
+        protocol = _Ended()
+        transport = reactor.spawnProcess(protocol, "/bin/sleep", ["sleep", "600"], env={})
+        pid = transport.pid
+        self.assertIn(pid, twisted_children())
+        os.kill(pid, signal.SIGKILL)
+        await protocol.ended
+        self.assertNotIn(pid, twisted_children())

@@ -18,7 +18,7 @@ SHARED = {"lmproxy.logs", "lmproxy.lines", "lmproxy.timers", "lmproxy.openai_err
 ALLOWED = {
     "lmproxy.interfaces": set(),
     "lmproxy.config": set(),
-    "lmproxy.core": {"lmproxy.config", "lmproxy.interfaces", *SHARED},
+    "lmproxy.core": {"lmproxy.config", "lmproxy.interfaces", "lmproxy.compat", *SHARED},
     "lmproxy.listen": {"lmproxy.config", "lmproxy.interfaces", "lmproxy.compat", *SHARED},
     "lmproxy.manage": {"lmproxy.config", "lmproxy.interfaces", *SHARED},
     "lmproxy.demo": SHARED,

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lmproxy.config import ServiceConfig
 from lmproxy.core import process as process_module
+from lmproxy.core.descendants import MARK_VARIABLE
 from lmproxy.core.groups import GROUP_POLL_SECONDS, STOP_GRACE_SECONDS, ProcessGroup
 from lmproxy.core.process import (
     KILL_COMMAND_TIMEOUT_SECONDS,
@@ -197,14 +198,15 @@ class ServiceProcessSpawnTests(ServiceProcessTestCase):
     def test_spawn(self) -> None:
         """
         The command runs through setsid (a session and process group of its
-        own), in WorkDir, with lmproxy's environment and stdin from /dev/null.
+        own), in WorkDir, with lmproxy's environment and its run's mark, and
+        stdin from /dev/null.
         """
         service, process = self.spawn()
         self.assertEqual(process.executable, SETSID)
         self.assertEqual(process.args, [SETSID, TRUE, "--port", "9001", "a b"])
         self.assertEqual(process.command, [TRUE, "--port", "9001", "a b"])
         self.assertEqual(process.path, self.work_dir)
-        self.assertEqual(process.env, dict(os.environ))
+        self.assertEqual(process.env, {**os.environ, MARK_VARIABLE: service.strays.mark})
         assert process.child_fds is not None
         self.assertEqual(process.child_fds[1], "r")
         self.assertEqual(process.child_fds[2], "r")

@@ -16,6 +16,7 @@ from lmproxy.config import ServiceConfig
 from lmproxy.core.readiness import PROBE_FIRST_DELAY, ReadinessReactor, Wakeup, wait_until_ready
 from lmproxy.logs import set_log_level
 from lmproxy.testing import MemoryProcessReactor, QuickExit
+from tests.test_shell import RecordingRegistry
 
 HC = "curl -f http://127.0.0.1:9001/health"
 
@@ -26,6 +27,7 @@ class WaitUntilReadyTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = MemoryProcessReactor()
         self.typed = cast(ReadinessReactor, self.reactor)
+        self.registry = RecordingRegistry()
 
     def wait(self, **changes: object) -> Deferred[str]:
         values: dict[str, object] = {
@@ -43,6 +45,7 @@ class WaitUntilReadyTests(SynchronousTestCase):
                 self.reactor.seconds() + config.startup_timeout,
                 Wakeup(self.typed),
                 self.reactor.signal_group,
+                self.registry,
             )
         )
 
@@ -72,6 +75,16 @@ class WaitUntilReadyTests(SynchronousTestCase):
         d.cancel()
         self.failureResultOf(d, CancelledError)
         self.assertNothingLeft()
+
+    def test_healthcheck_group_is_registered(self) -> None:
+        """The watchdog knows a running healthcheck's group (until it is gone)."""
+        d = self.wait(healthcheck_command=HC)
+        [check] = self.reactor.live_processes()
+        self.assertEqual(self.registry.groups, {check.pid: None})
+        check.exit(0)
+        self.assertEqual(self.registry.told, [("add", check.pid), ("discard", check.pid)])
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
 
     def test_cancelled_during_healthcheck(self) -> None:
         """Cancelled while the healthcheck runs: it is killed, and nothing is left."""

@@ -6,17 +6,26 @@ and its cleanup loop, with a fake clock, a fake sleep and fake process groups.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stderr
+from io import StringIO
+from typing import cast
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from lmproxy.core.descendants import Proc
 from lmproxy.core.reaper import (
     GRACE_SECONDS,
+    KILL_COMMANDS_SECONDS,
     POLL_SECONDS,
     Registry,
+    ServiceRun,
     add_line,
     discard_line,
+    last_rites,
     read_groups,
+    run_kill_commands,
+    service_line,
     terminate_groups,
     watch,
 )
@@ -250,17 +259,235 @@ class WatchTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.terminated: list[set[int]] = []
 
+    def end(self, registry: Registry) -> None:
+        self.terminated.append(set(registry.groups))
+
     def test_groups_left_at_the_end_are_terminated(self) -> None:
-        watch([b"+10\n", b"+11\n", b"-10\n"], self.terminated.append)
+        watch([b"+10\n", b"+11\n", b"-10\n"], self.end)
         self.assertEqual(self.terminated, [{11}])
 
     def test_nothing_left_nothing_done(self) -> None:
         """After a normal shutdown every group was discarded: cleanup is not even called."""
-        watch([b"+10\n", b"-10\n"], self.terminated.append)
-        watch([], self.terminated.append)
+        watch([b"+10\n", b"-10\n"], self.end)
+        watch([service_line(10, ServiceRun("m", "kill it")), b"-10\n"], self.end)
+        watch([], self.end)
         self.assertEqual(self.terminated, [])
 
     def test_bytes_that_are_not_ascii(self) -> None:
         """Undecodable bytes cannot make the child die and leave the groups unguarded."""
-        watch([b"\xff\xfe+10\n", b"+11\xff\n", b"+12\n"], self.terminated.append)
+        watch([b"\xff\xfe+10\n", b"+11\xff\n", b"+12\n"], self.end)
         self.assertEqual(self.terminated, [{12}])
+
+
+class ServiceLineTests(SynchronousTestCase):
+    """C{*JSON}: a service run's group, its mark and its KillCommand."""
+
+    def feed(self, *lines: bytes) -> Registry:
+        registry = Registry()
+        for line in lines:
+            registry.feed(line.decode("ascii"))
+        return registry
+
+    def test_round_trip(self) -> None:
+        """The parser reads back what L{service_line} writes, as one line."""
+        run = ServiceRun("ab12", "docker stop x\nrm -f 'é'", "/srv/models")
+        line = service_line(4194304, run)
+        self.assertEqual(line.count(b"\n"), 1)
+        self.assertTrue(line.endswith(b"\n"))
+        registry = self.feed(line, service_line(11, ServiceRun("cd34")))
+        self.assertEqual(registry.groups, {11, 4194304})
+        self.assertEqual(registry.services, {4194304: run, 11: ServiceRun("cd34", None, None)})
+
+    def test_discard_forgets_the_run(self) -> None:
+        registry = self.feed(service_line(10, ServiceRun("m", "k")), discard_line(10))
+        self.assertEqual((registry.groups, registry.services), (set(), {}))
+
+    def test_malformed_lines_are_ignored(self) -> None:
+        """A service line that is not one registers nothing, and breaks nothing."""
+        registry = self.feed(
+            b"*not json\n",
+            b"*[]\n",
+            b'*{"pgid": 10}\n',
+            b'*{"pgid": 1, "mark": "m", "kill_command": null, "work_dir": null}\n',
+            b'*{"pgid": true, "mark": "m", "kill_command": null, "work_dir": null}\n',
+            b'*{"pgid": "12", "mark": "", "kill_command": null, "work_dir": null}\n',
+            b'*{"pgid": 13, "mark": 5, "kill_command": null, "work_dir": null}\n',
+            b'*{"pgid": 14, "mark": "m", "kill_command": 5, "work_dir": null}\n',
+            b'*{"pgid": 15, "mark": "m", "kill_command": null, "work_dir": []}\n',
+            add_line(16),
+        )
+        self.assertEqual((registry.groups, registry.services), ({16}, {}))
+
+
+def _proc(pid: int, pgrp: int | None = None) -> Proc:
+    return Proc(pid, 1, pgrp or pid, 100 + pid, False)
+
+
+class StraysTests(SynchronousTestCase):
+    """C{terminate_groups} ends the processes that left their group, beside the groups."""
+
+    def setUp(self) -> None:
+        self.groups = FakeGroups()
+        self.alive: dict[Proc, float | None] = {}  # a stray: seconds it takes after SIGTERM
+        self.sent: list[tuple[float, int, int]] = []
+        self._ends_at: dict[Proc, float] = {}
+
+    def send(self, proc: Proc, signum: int) -> bool:
+        if not self.running(proc):
+            return False
+        self.sent.append((self.groups.now, proc.pid, signum))
+        if signum == signal.SIGKILL:
+            self._ends_at[proc] = self.groups.now
+        elif self.alive[proc] is not None:
+            self._ends_at.setdefault(proc, self.groups.now + cast(float, self.alive[proc]))
+        return True
+
+    def running(self, proc: Proc) -> bool:
+        return proc in self.alive and self.groups.now < self._ends_at.get(proc, float("inf"))
+
+    def terminate(self, groups: set[int], strays: list[Proc]) -> set[int]:
+        return terminate_groups(
+            groups,
+            GRACE_SECONDS,
+            kill=self.groups.kill,
+            sleep=self.groups.sleep,
+            clock=self.groups.clock,
+            strays=strays,
+            send=self.send,
+            running=self.running,
+        )
+
+    def test_sigterm_then_sigkill_to_the_survivors(self) -> None:
+        quick, stubborn, gone = _proc(20), _proc(21), _proc(22)
+        self.alive.update({quick: 0.5, stubborn: None})
+        self.groups.group(10, exit_after=0.0)
+        self.terminate({10}, [quick, stubborn, gone])
+        start = 1000.0
+        self.assertEqual(
+            self.sent,
+            [
+                (start, 20, signal.SIGTERM),
+                (start, 21, signal.SIGTERM),
+                (start + GRACE_SECONDS, 21, signal.SIGKILL),
+            ],
+        )
+        self.assertEqual(self.groups.signals(signal.SIGTERM), [10])
+
+    def test_returns_once_the_strays_are_gone(self) -> None:
+        """No waiting out the grace period when every stray exited on SIGTERM."""
+        stray = _proc(20)
+        self.alive[stray] = 0.2
+        self.terminate(set(), [stray])
+        self.assertLess(self.groups.now, 1000.0 + 1.0)
+        self.assertEqual([s for _, _, s in self.sent], [signal.SIGTERM])
+
+
+class FakeKillCommand:
+    """A started KillCommand on the fake clock."""
+
+    def __init__(self, clock: FakeGroups, pid: int, takes: float | None) -> None:
+        self.pid = pid
+        self._clock = clock
+        self._ends_at = None if takes is None else clock.now + takes
+
+    def poll(self) -> int | None:
+        if self._ends_at is not None and self._clock.now >= self._ends_at:
+            return 0
+        return None
+
+
+class RunKillCommandsTests(SynchronousTestCase):
+    """When lmproxy died: the KillCommands of the runs left, at once, 30 s in all."""
+
+    def setUp(self) -> None:
+        self.clock = FakeGroups()
+        self.spawned: list[tuple[float, ServiceRun]] = []
+        self.takes: dict[str, float | None] = {}
+
+    def spawn(self, run: ServiceRun) -> FakeKillCommand:
+        assert run.kill_command is not None
+        if run.kill_command == "broken":
+            raise FileNotFoundError(2, "No such file or directory", run.work_dir)
+        self.spawned.append((self.clock.now, run))
+        self.clock.group(5000 + len(self.spawned), exit_after=None)
+        return FakeKillCommand(self.clock, 5000 + len(self.spawned), self.takes[run.kill_command])
+
+    def run_all(self, *runs: ServiceRun) -> list[ServiceRun]:
+        return run_kill_commands(
+            runs,
+            spawn=self.spawn,
+            kill=self.clock.kill,
+            sleep=self.clock.sleep,
+            clock=self.clock.clock,
+        )
+
+    def test_all_at_once_until_the_last_is_done(self) -> None:
+        self.takes.update({"a": 1.0, "b": 3.0})
+        a, b, none = ServiceRun("m1", "a", "/w"), ServiceRun("m2", "b"), ServiceRun("m3")
+        self.assertEqual(self.run_all(a, none, b), [])
+        self.assertEqual(self.spawned, [(1000.0, a), (1000.0, b)])
+        self.assertGreaterEqual(self.clock.now, 1003.0)
+        self.assertLess(self.clock.now, 1003.0 + 2 * POLL_SECONDS)
+        self.assertEqual(self.clock.sent, [])
+
+    def test_bounded_in_all(self) -> None:
+        """Those still running at the limit get SIGKILL, to their whole group."""
+        self.takes.update({"quick": 1.0, "hangs": None})
+        hangs = ServiceRun("m2", "hangs")
+        self.assertEqual(self.run_all(ServiceRun("m1", "quick"), hangs), [hangs])
+        self.assertEqual(self.clock.now, 1000.0 + KILL_COMMANDS_SECONDS)
+        self.assertEqual(self.clock.signals(signal.SIGKILL), [5002])
+
+    def test_one_that_cannot_run(self) -> None:
+        """It is reported; the others still run."""
+        self.takes["a"] = 0.0
+        a = ServiceRun("m1", "a")
+        with capture_stderr() as said:
+            self.assertEqual(self.run_all(ServiceRun("m2", "broken", "/gone"), a), [])
+        self.assertEqual(self.spawned, [(1000.0, a)])
+        self.assertIn("cannot run KillCommand 'broken'", said.getvalue())
+
+
+class LastRitesTests(SynchronousTestCase):
+    """lmproxy died: KillCommands first, then the groups and the strays."""
+
+    def test_order_and_strays(self) -> None:
+        registry = Registry()
+        for line in (
+            service_line(10, ServiceRun("m10", "stop ten", "/w")),
+            service_line(11, ServiceRun("m11")),
+            add_line(12),  # a helper command's
+        ):
+            registry.feed(line.decode("ascii"))
+        done: list[object] = []
+        found = {"m10": [_proc(10), _proc(30, 30), _proc(31, 30)], "m11": [_proc(11), _proc(12)]}
+
+        def terminate(groups: set[int], strays: list[Proc]) -> None:
+            done.append(("terminate", set(groups), [p.pid for p in strays]))
+
+        scanned = [_proc(99)]
+
+        def marked(procs: list[Proc], mark: str) -> list[Proc]:
+            self.assertIs(procs, scanned)
+            return found[mark]
+
+        last_rites(
+            registry,
+            kill_commands=lambda runs: done.append(("kill", [r.kill_command for r in runs])),
+            scan=lambda: done.append("scan") or scanned,
+            marked=marked,
+            terminate=terminate,
+        )
+        # Members of a registered group are signalled as a group, not one by one.
+        self.assertEqual(
+            done,
+            [("kill", ["stop ten", None]), "scan", ("terminate", {10, 11, 12}, [30, 31])],
+        )
+
+
+@contextmanager
+def capture_stderr() -> Iterator[StringIO]:
+    """What is written to C{sys.stderr} meanwhile."""
+    said = StringIO()
+    with redirect_stderr(said):
+        yield said

@@ -5,14 +5,16 @@ it imports the standard library only, and it ends the groups it was told of.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lmproxy.core import reaper
+from lmproxy.core import descendants, reaper
 
 CHILD = [sys.executable, "-m", reaper.__name__]
 TIMEOUT = 60  # seconds; only a bound against a hang, never a measure
@@ -57,7 +59,9 @@ class StandardLibraryOnlyTests(SynchronousTestCase):
         self.assertEqual([m for m in modules if m.split(".")[0] == "twisted"], [])
         self.assertEqual(
             sorted({m for m in modules if m.split(".")[0] == "lmproxy"}),
-            ["lmproxy", "lmproxy.core"],  # -m runs lmproxy.core.reaper without importing it
+            # -m runs lmproxy.core.reaper without importing it; it finds the
+            # processes that left their group with lmproxy.core.descendants.
+            ["lmproxy", "lmproxy.core", "lmproxy.core.descendants"],
         )
 
     def test_imports_name_the_standard_library_only(self) -> None:
@@ -83,7 +87,10 @@ class StandardLibraryOnlyTests(SynchronousTestCase):
             check=False,
         )
         self.assertEqual(ran.returncode, 0, ran.stderr)
-        self.assertEqual(ran.stdout.split(), ["lmproxy", "lmproxy.core", "lmproxy.core.reaper"])
+        self.assertEqual(
+            ran.stdout.split(),
+            ["lmproxy", "lmproxy.core", "lmproxy.core.descendants", "lmproxy.core.reaper"],
+        )
 
 
 class ChildTests(SynchronousTestCase):
@@ -159,6 +166,30 @@ class ChildTests(SynchronousTestCase):
         child.stdin.close()
         self.assertEqual(kept.wait(TIMEOUT), -signal.SIGTERM)
         self.assertEqual(child.wait(TIMEOUT), 0)
+
+    def test_kill_command_then_strays(self) -> None:
+        """
+        For a service run: the KillCommand runs in the run's WorkDir (it
+        writes a marker there); a process that carries the run's mark outside
+        any group registered (a daemon in a session of its own) gets SIGTERM.
+        """
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        mark = descendants.new_mark()
+        stray = subprocess.Popen(
+            ["sleep", "600"],
+            env={**os.environ, descendants.MARK_VARIABLE: mark},
+            start_new_session=True,
+        )
+        self.addCleanup(lambda: stray.poll() is None and stray.kill())
+        group = self.group()
+        run = reaper.ServiceRun(mark, "pwd > kill-command-ran", str(work))
+        child = self.child([reaper.service_line(group.pid, run)])
+        # Reaped first, as in test_registered_group_is_ended_when_the_pipe_closes.
+        self.assertEqual(group.wait(TIMEOUT), -signal.SIGTERM)
+        self.assertEqual(stray.wait(TIMEOUT), -signal.SIGTERM)
+        self.assertEqual(child.wait(TIMEOUT), 0)
+        self.assertEqual((work / "kill-command-ran").read_text(), f"{work}\n")
 
 
 def _wait_until_ignored(pid: int, *signums: int) -> None:

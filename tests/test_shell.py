@@ -14,6 +14,7 @@ from typing import cast
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from lmproxy.core.reaper import ServiceRun
 from lmproxy.core.shell import (
     MAX_CAPTURE_BYTES,
     PIPE_DRAIN_SECONDS,
@@ -26,17 +27,34 @@ from lmproxy.core.shell import (
 from lmproxy.testing import MemoryProcessReactor, QuickExit
 
 
+class RecordingRegistry:
+    """A L{lmproxy.core.groups.GroupRegistry} that records what it is told."""
+
+    def __init__(self) -> None:
+        self.groups: dict[int, ServiceRun | None] = {}
+        self.told: list[tuple[str, int]] = []
+
+    def add(self, pgid: int, run: ServiceRun | None = None) -> None:
+        self.groups[pgid] = run
+        self.told.append(("add", pgid))
+
+    def discard(self, pgid: int) -> None:
+        self.groups.pop(pgid, None)
+        self.told.append(("discard", pgid))
+
+
 def no_process_left(*args: object, **kwargs: object) -> None:
     """A C{spawnProcess} that fails as fork does when no process may be created."""
     raise BlockingIOError(errno.EAGAIN, "no process left")
 
 
-class RunShellTests(SynchronousTestCase):
-    """L{run_shell}: short shell commands in their own session, with a time limit."""
+class ShellTestCase(SynchronousTestCase):
+    """Runs commands with L{run_shell} on a fake reactor, with a recording registry."""
 
     def setUp(self) -> None:
         self.reactor = MemoryProcessReactor()
         self.typed_reactor = cast(Reactor, self.reactor)
+        self.registry = RecordingRegistry()
 
     def shell(
         self, command: str, timeout: float = 5.0, cwd: str | None = None
@@ -48,8 +66,13 @@ class RunShellTests(SynchronousTestCase):
                 timeout,
                 cwd=cwd,
                 signal_group=self.reactor.signal_group,
+                registry=self.registry,
             )
         )
+
+
+class RunShellTests(ShellTestCase):
+    """L{run_shell}: short shell commands in their own session, with a time limit."""
 
     def test_spawn(self) -> None:
         """C{sh -c command} through setsid, with the environment, cwd, stdin closed."""
@@ -198,6 +221,52 @@ class RunShellTests(SynchronousTestCase):
         self.failureResultOf(d, CancelledError)
         self.assertEqual(self.reactor.signals, [(process.pid, signal.SIGKILL)])
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+class ShellRegistryTests(ShellTestCase):
+    """
+    A command's group is registered with the watchdog while it may have
+    members (should lmproxy die meanwhile, the watchdog ends it).
+    """
+
+    def test_registered_while_it_runs(self) -> None:
+        d = self.shell("sleep 100")
+        [process] = self.reactor.processes
+        self.assertEqual(self.registry.told, [("add", process.pid)])
+        self.assertIsNone(self.registry.groups[process.pid])  # a helper's, not a service's
+        process.exit(0)
+        self.successResultOf(d)
+        self.assertEqual(self.registry.told, [("add", process.pid), ("discard", process.pid)])
+
+    def test_exit_during_spawn(self) -> None:
+        """Registered (and discarded) even when it exits before C{spawnProcess} returns."""
+        self.reactor.exit_during_spawn["fast"] = 0
+        d = self.shell("fast")
+        self.reactor.advance(0)
+        self.successResultOf(d)
+        [process] = self.reactor.processes
+        self.assertEqual(self.registry.told, [("add", process.pid), ("discard", process.pid)])
+
+    def test_background_child_keeps_it_registered(self) -> None:
+        """Its group outlives it (a child in the background): still registered."""
+        d = self.shell("daemon &")
+        [process] = self.reactor.processes
+        process.exit(0, group_too=False)
+        self.successResultOf(d)
+        self.assertEqual(self.registry.groups, {process.pid: None})
+
+    def test_timeout_discards_after_sigkill(self) -> None:
+        d = self.shell("sleep 100", timeout=5)
+        [_process] = self.reactor.processes
+        self.reactor.advance(5)
+        self.successResultOf(d)
+        self.assertEqual(self.registry.groups, {})
+
+    def test_cancel_discards_after_sigkill(self) -> None:
+        d = self.shell("sleep 100")
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.registry.groups, {})
 
 
 class OneLineTests(SynchronousTestCase):

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 # The watchdog child's own type: it may not import Twisted, the core may import it.
 from lmproxy.core.oneshot import OneShot
-from lmproxy.core.reaper import GroupSignaller
+from lmproxy.core.reaper import GroupSignaller, ServiceRun
 
 STOP_GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL after this long
 KILL_WAIT_SECONDS = 5.0  # after SIGKILL, how long to wait for the group to vanish
@@ -39,9 +39,13 @@ LeaderSignaller = Callable[[int], None]
 
 
 class GroupRegistry(Protocol):
-    """Told which process groups lmproxy owns (see L{lmproxy.core.watchdog})."""
+    """
+    Told which process groups lmproxy owns (see L{lmproxy.core.watchdog}):
+    those of services, with what it takes to clean up after their run
+    (C{run}), and those of helper commands.
+    """
 
-    def add(self, pgid: int) -> None: ...
+    def add(self, pgid: int, run: ServiceRun | None = None) -> None: ...
 
     def discard(self, pgid: int) -> None: ...
 

@@ -30,7 +30,7 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger, LogLevel
 
-from lmproxy.core.groups import GroupSignaller
+from lmproxy.core.groups import GroupRegistry, GroupSignaller
 from lmproxy.core.resources import Ledger
 from lmproxy.core.shell import Reactor, ShellResult, one_line, run_shell
 from lmproxy.logs import log_observer
@@ -95,10 +95,12 @@ class Measurements:
         ledger: Ledger,
         signal_group: GroupSignaller,
         on_change: Callable[[str], None],
+        registry: GroupRegistry | None = None,
     ) -> None:
         self._reactor = reactor
         self._ledger = ledger
         self._signal_group = signal_group
+        self._registry = registry  # told of each check's process group
         self._on_change = on_change
         self._fresh: set[str] = set()
         # Bumped by every change of a resource: a check that saw another count
@@ -193,6 +195,7 @@ class Measurements:
                 command,
                 CHECK_COMMAND_TIMEOUT_SECONDS,
                 signal_group=self._signal_group,
+                registry=self._registry,
             )
         except CancelledError:
             return

@@ -1,8 +1,12 @@
 """
 Model-server processes: one run of a service's C{Command Args} in a session
 (process group) of its own, its output written to its log file and echoed to
-lmproxy's log, and its stop sequence (KillCommand, SIGTERM to the group,
-SIGKILL after a grace period).
+lmproxy's log, and its stop sequence (KillCommand, SIGTERM to the group and
+to the processes that left it, SIGKILL after a grace period).
+
+Each run carries a mark of its own in its environment (L{MARK_VARIABLE}):
+its processes that left its group are found by it (L{lmproxy.core.strays}),
+by lmproxy when the service stops and by the watchdog child when lmproxy dies.
 """
 
 from __future__ import annotations
@@ -22,14 +26,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lmproxy.config import ServiceConfig
+from lmproxy.core.descendants import MARK_VARIABLE, new_mark
 from lmproxy.core.groups import (
+    KILL_WAIT_SECONDS,
     STOP_GRACE_SECONDS,
     GroupRegistry,
     GroupSignaller,
     LeaderSignaller,
     ProcessGroup,
 )
+from lmproxy.core.reaper import ServiceRun
 from lmproxy.core.shell import SETSID, Reactor, ShellResult, one_line, run_shell
+from lmproxy.core.strays import Finder, Strays, find_marked
 from lmproxy.lines import LineSplitter
 from lmproxy.logs import log_observer
 
@@ -100,9 +108,11 @@ class _ServiceProtocol(ProcessProtocol):
 class ServiceProcess:
     """
     One run of a service's C{Command Args}: in C{WorkDir}, in a session of
-    its own, with lmproxy's environment, stdin from /dev/null, stdout and
-    stderr appended to the log file and, when C{output_logs}, echoed as
-    C{[name/stdout] line} into lmproxy's log.
+    its own, with lmproxy's environment and the run's mark, stdin from
+    /dev/null, stdout and stderr appended to the log file and, when
+    C{output_logs}, echoed as C{[name/stdout] line} into lmproxy's log.
+
+    @ivar strays: its processes outside its group, found by its mark.
     """
 
     log = Logger(observer=log_observer)
@@ -115,6 +125,7 @@ class ServiceProcess:
         signal_group: GroupSignaller = os.killpg,
         on_output: Callable[[], None] | None = None,
         registry: GroupRegistry | None = None,
+        find_strays: Finder = find_marked,
     ) -> None:
         self._reactor = reactor
         self._config = config
@@ -123,6 +134,7 @@ class ServiceProcess:
         self.group = ProcessGroup(reactor, signal_group)
         self._on_output = on_output
         self._registry = registry
+        self.strays = Strays(reactor, new_mark(), find_strays)
         self._log_file: IO[bytes] | None = None
         self._splitters = {1: LineSplitter(), 2: LineSplitter()}
         self._tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
@@ -162,7 +174,7 @@ class ServiceProcess:
                 _ServiceProtocol(self),
                 SETSID,
                 [SETSID, executable, *argv],
-                env=dict(os.environ),
+                env={**os.environ, MARK_VARIABLE: self.strays.mark},
                 path=config.work_dir,
                 childFDs={0: devnull, 1: "r", 2: "r"},
             )
@@ -176,7 +188,8 @@ class ServiceProcess:
     def _spawned(self, pid: int, signal_leader: LeaderSignaller) -> None:
         self.group.started(pid, signal_leader)
         if self._registry is not None:
-            self._registry.add(pid)
+            run = ServiceRun(self.strays.mark, self._config.kill_command, self._config.work_dir)
+            self._registry.add(pid, run)
         self.log.info(
             "{service}: started {argv} as pid {pid}",
             service=self._config.name,
@@ -195,14 +208,25 @@ class ServiceProcess:
     async def stop(self, use_kill_command: bool = True) -> None:
         """
         Run the KillCommand (if any, with a time limit), then SIGTERM the
-        group, SIGKILL it after the grace period, and wait until it is gone.
+        group and the strays, SIGKILL them after the grace period, and wait
+        until they are gone.
         """
         name = self._config.name
         if self.pid is None:
             return  # never spawned: nothing to stop, no KillCommand to run
         if use_kill_command and self._config.kill_command:
             await self._run_kill_command(self._config.kill_command)
+        # At once: the strays must not wait for the group's grace period, nor it for theirs.
+        strays = Deferred.fromCoroutine(
+            self.strays.terminate(self.pid, STOP_GRACE_SECONDS, KILL_WAIT_SECONDS)
+        )
         await self.group.terminate(STOP_GRACE_SECONDS)
+        for proc in await strays:
+            self.log.error(
+                "{service}: process {pid}, which left its process group, survived SIGKILL",
+                service=name,
+                pid=proc.pid,
+            )
         if self.group.alive():
             self.log.error(
                 "{service}: process group {pgid} survived SIGKILL", service=name, pgid=self.pid
@@ -219,6 +243,7 @@ class ServiceProcess:
                 KILL_COMMAND_TIMEOUT_SECONDS,
                 cwd=self._config.work_dir,
                 signal_group=self._signal_group,
+                registry=self._registry,
             )
         )
         try:
@@ -248,6 +273,7 @@ class ServiceProcess:
         KillCommand still running, so that a stop in progress ends at once.
         """
         self.group.signal(signal.SIGKILL)
+        self.strays.signal(self.pid, signal.SIGKILL)
         if self._kill_command_run is not None:
             self._kill_command_run.cancel()
 

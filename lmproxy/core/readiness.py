@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lmproxy.config import ServiceConfig
-from lmproxy.core.groups import GroupSignaller
+from lmproxy.core.groups import GroupRegistry, GroupSignaller
 from lmproxy.core.shell import Reactor, one_line, run_shell
 from lmproxy.logs import log_observer
 
@@ -130,13 +130,16 @@ async def wait_until_ready(
     deadline: float,
     wakeup: Wakeup,
     signal_group: GroupSignaller,
+    registry: GroupRegistry | None = None,
 ) -> str:
     """
     Wait until the service is ready; returns the backend's IP address.
     Runs until cancelled if it never gets ready.
+
+    @param registry: told of each healthcheck's process group.
     """
     if config.healthcheck_command:
-        await _healthcheck_passes(reactor, config, deadline, signal_group)
+        await _healthcheck_passes(reactor, config, deadline, signal_group, registry)
     host = await resolve_host(reactor, config.proxy_target_host)
     delay = PROBE_FIRST_DELAY
     while True:
@@ -154,6 +157,7 @@ async def _healthcheck_passes(
     config: ServiceConfig,
     deadline: float,
     signal_group: GroupSignaller,
+    registry: GroupRegistry | None,
 ) -> None:
     assert config.healthcheck_command is not None
     while True:
@@ -164,6 +168,7 @@ async def _healthcheck_passes(
             remaining,
             cwd=config.work_dir,
             signal_group=signal_group,
+            registry=registry,
         )
         if result.exit_code == 0:
             return

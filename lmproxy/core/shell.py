@@ -1,7 +1,9 @@
 """
 Short shell commands with a time limit (healthchecks, KillCommands,
 CheckCommands), each run by C{sh -c} in a session of its own, so that a command
-that outlives its time is killed together with its children.
+that outlives its time is killed together with its children.  Its group is
+registered with the watchdog (L{lmproxy.core.watchdog}) while it may have
+members, so that it is ended should lmproxy die meanwhile.
 
 A command's stdout and stderr are kept apart (a CheckCommand's value is on
 stdout; tools warn on stderr).  Its exit is known when its process is reaped,
@@ -23,7 +25,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from lmproxy.core.groups import GroupSignaller, ProcessGroup
+from lmproxy.core.groups import GroupRegistry, GroupSignaller, ProcessGroup
 from lmproxy.core.oneshot import OneShot
 
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
@@ -72,8 +74,9 @@ def one_line(text: str, limit: int = 200) -> str:
 
 
 class _CapturingProtocol(ProcessProtocol):
-    def __init__(self, group: ProcessGroup) -> None:
+    def __init__(self, group: ProcessGroup, registry: GroupRegistry | None) -> None:
         self.group = group
+        self._registry = registry
         self.output = {1: bytearray(), 2: bytearray()}
         self._ended = OneShot()
 
@@ -85,6 +88,13 @@ class _CapturingProtocol(ProcessProtocol):
         pid = getattr(transport, "pid", None)
         if transport is not None and pid is not None:
             self.group.started(pid, transport.signalProcess)
+            if self._registry is not None:
+                self._registry.add(pid)
+
+    def forget(self) -> None:
+        """The group is gone, or as good as gone (sent SIGKILL): unregister it."""
+        if self._registry is not None and self.group.pgid is not None:
+            self._registry.discard(self.group.pgid)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         captured = self.output.get(childFD)
@@ -113,15 +123,18 @@ async def run_shell(
     timeout: float,
     cwd: str | None = None,
     signal_group: GroupSignaller = os.killpg,
+    registry: GroupRegistry | None = None,
 ) -> ShellResult:
     """
     Run C{sh -c command} in its own session, killing its whole group if it
     outlives C{timeout} seconds or if the caller cancels.  A command that
     cannot be spawned (no process or file descriptor left) ends like one that
     failed: no exit code, and the reason in C{how}.
+
+    @param registry: told of the command's group while it may have members.
     """
     group = ProcessGroup(reactor, signal_group)
-    protocol = _CapturingProtocol(group)
+    protocol = _CapturingProtocol(group, registry)
     try:
         transport = reactor.spawnProcess(
             protocol,
@@ -144,12 +157,18 @@ async def run_shell(
         # Cancelling a race fails it with a FailureGroup of its cancelled
         # contenders (none fails otherwise): the caller cancelled us.
         group.signal(signal.SIGKILL)
+        protocol.forget()
         raise CancelledError() from None
     stdout, stderr = protocol.text(1), protocol.text(2)
     if index == 1:
         group.signal(signal.SIGKILL)
+        protocol.forget()
         # Members of the group may still hold the pipes open: don't wait for them.
         return ShellResult(None, stdout, stderr, f"timed out after {timeout:g} s", True)
+    if not group.alive():
+        # Else a child it left in the background lives on: it stays
+        # registered, to be ended should lmproxy die.
+        protocol.forget()
     how = group.exit_description
     assert how is not None, "the leader was reaped"
     return ShellResult(group.exit_code, stdout, stderr, how)

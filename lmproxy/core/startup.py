@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from lmproxy.config import ServiceConfig, is_tcp_port
 from lmproxy.core.groups import GroupRegistry, GroupSignaller
+from lmproxy.core.portcheck import PortCheck
 from lmproxy.core.process import ServiceProcess, StartError
 from lmproxy.core.readiness import ReadinessReactor, Wakeup, wait_until_ready
 from lmproxy.logs import log_observer
@@ -39,12 +40,19 @@ class StartFailed(Exception):
 
 @frozen
 class Launcher:
-    """What every start attempt needs besides its service's config."""
+    """
+    What every start attempt needs besides its service's config.
+
+    @ivar port_check: tells why a target port is taken, before each spawn
+        (L{lmproxy.core.portcheck.port_taken}; lmproxy always has one; none
+        in tests whose fake server is a port they listen on themselves).
+    """
 
     reactor: ReadinessReactor
     signal_group: GroupSignaller
     output_service_logs: bool
     registry: GroupRegistry | None = None
+    port_check: PortCheck | None = None
 
     def attempt(self, config: ServiceConfig) -> StartAttempt:
         """A new start attempt of the service C{config}, not begun yet."""
@@ -92,6 +100,12 @@ class StartAttempt:
                 f"ProxyTargetPort {config.proxy_target_port} is not a port number (1-65535)",
                 retryable=False,
             )
+        # Before the spawn, while nothing of ours can listen there: whoever
+        # does is a stray.  Retryable: the stray may go (with back-off).
+        check = self._launcher.port_check
+        taken = None if check is None else check(config.proxy_target_host, config.proxy_target_port)
+        if taken is not None:
+            raise StartFailed(taken)
         try:
             self.process.spawn()
         except StartError as e:
@@ -103,7 +117,14 @@ class StartAttempt:
             raise StartFailed("spawning crashed (see lmproxy's log)") from None
         deadline = self.began + config.startup_timeout
         ready = Deferred.fromCoroutine(
-            wait_until_ready(reactor, config, deadline, self._wakeup, self._launcher.signal_group)
+            wait_until_ready(
+                reactor,
+                config,
+                deadline,
+                self._wakeup,
+                self._launcher.signal_group,
+                self._launcher.registry,
+            )
         )
         # A readiness error must end the race at once, not lose it silently:
         # race() only ends early on a success, so make the error one.

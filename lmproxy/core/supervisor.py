@@ -25,6 +25,7 @@ from lmproxy.core.groups import GroupRegistry, GroupSignaller
 from lmproxy.core.lifecycle import RUNNING, STARTING, STOPPED, STOPPING, WAITING, ServiceLifecycle
 from lmproxy.core.measured import Measurements
 from lmproxy.core.placement import Placement
+from lmproxy.core.portcheck import PortCheck
 from lmproxy.core.readiness import ReadinessReactor
 from lmproxy.core.resources import Ledger
 from lmproxy.core.startup import Launcher
@@ -69,13 +70,20 @@ class Supervisor(Service):
         reactor: ReadinessReactor,
         signal_group: GroupSignaller = os.killpg,
         groups: GroupRegistry | None = None,
+        port_check: PortCheck | None = None,
     ) -> None:
+        """
+        @param port_check: run before each spawn: why the service's target
+            port is taken already (L{lmproxy.core.portcheck}); none if C{None}.
+        """
         self._config = config
         self._reactor = reactor
         self._ledger = Ledger.from_config(config.resources)
         self._publisher = StatusPublisher(reactor)
-        self._measurements = Measurements(reactor, self._ledger, signal_group, self._measured)
-        launcher = Launcher(reactor, signal_group, config.output_service_logs, groups)
+        self._measurements = Measurements(
+            reactor, self._ledger, signal_group, self._measured, groups
+        )
+        launcher = Launcher(reactor, signal_group, config.output_service_logs, groups, port_check)
         self._lifecycles = {
             s.name: ServiceLifecycle(s, self, launcher, config.max_wait) for s in config.services
         }

@@ -21,7 +21,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
-from lmproxy.compat import EarlyAnswerRequest
+from lmproxy.compat.web import EarlyAnswerRequest
 from lmproxy.listen.jsonerrors import JSON_CONTENT_TYPE, encode, unroutable
 from lmproxy.listen.timeouts import IDLE_SECONDS, GuardedChannel
 from lmproxy.openai_errors import error_document

@@ -1,15 +1,12 @@
 """
-What lmproxy assumes of Twisted beyond its public API, in one place.
+What lmproxy assumes of twisted.web beyond its public API (see
+L{lmproxy.compat}).
 
-Everything else in lmproxy uses public, documented Twisted, Klein and treq API
-only.  Each assumption made here has its own test in C{tests/test_compat.py},
-so that a Twisted upgrade that breaks one fails a test, not production.
-
-The one assumption today: twisted.web has no public way to answer a request
-before its body has arrived (a body limit must refuse an oversized upload
-without reading it), so L{EarlyAnswerRequest} overrides the methods through
-which C{HTTPChannel} tells a C{Request} about its body.  Twisted documents
-them as "not intended for users"; they belong to its private
+twisted.web has no public way to answer a request before its body has
+arrived (a body limit must refuse an oversized upload without reading it), so
+L{EarlyAnswerRequest} overrides the methods through which C{HTTPChannel}
+tells a C{Request} about its body.  Twisted documents them as "not intended
+for users"; they belong to its private
 C{_IDeprecatedHTTPChannelToRequestInterface}.  The assumptions, each tested:
 
  1. The channel calls C{gotLength(length)} once the headers are in, with the

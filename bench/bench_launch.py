@@ -50,22 +50,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lmproxy.testing.ports import free_ports
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, TCP_LISTEN = 4, 20, 10
 DUMP_REQUEST = 0x301  # NLM_F_REQUEST | NLM_F_DUMP
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def listening_ports() -> set[int]:

@@ -36,7 +36,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+
+from lmproxy.testing.ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ["soak-a", "soak-b", "soak-c", "soak-d"]
@@ -56,18 +57,6 @@ REQUEST_TIMEOUT = 180.0
 # lmproxy's log line for a start: "<service>: started [...] as pid <pid>".
 STARTED = re.compile(r"\] (?P<service>\S+): started .* as pid (?P<pid>\d+)\s*$")
 ANSWER = re.compile(r"pid (?P<pid>\d+): check (?P<token>\S+)")
-
-
-def free_ports(count: int) -> list[int]:
-    """C{count} distinct ports that were free a moment ago."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def write_config(directory: Path) -> dict[str, int]:

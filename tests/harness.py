@@ -25,6 +25,8 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from lmproxy.testing.ports import free_ports as free_ports  # shared with bench/
+
 if TYPE_CHECKING:
     import openai
     from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
@@ -43,20 +45,6 @@ HTML_SINKS = [
 ]
 """The ways a page's script can put a string into the page as markup, or run it as code."""
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports that were free a moment ago (chosen by the OS)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def port_open(port: int) -> bool:

@@ -152,9 +152,10 @@ print(ppid == os.getpid(), reaped == [orphan], os.path.exists(f"/proc/{orphan}")
 class RealSubreaperTests(SynchronousTestCase):
     """In a child process: an orphan is re-parented to the subreaper, which reaps it."""
 
-    def test_orphan_is_ours_and_reaped(self) -> None:
+    def run_script(self, script: str) -> list[str]:
+        """Run C{script} in a child Python; the words it printed (it may ask to skip)."""
         ran = subprocess.run(
-            [sys.executable, "-c", ORPHAN_SCRIPT],
+            [sys.executable, "-c", script],
             env=child_env(),
             capture_output=True,
             text=True,
@@ -164,22 +165,14 @@ class RealSubreaperTests(SynchronousTestCase):
         self.assertEqual(ran.returncode, 0, ran.stderr)
         if ran.stdout.startswith("skip"):
             raise self.skipTest(ran.stdout)
-        self.assertEqual(ran.stdout.split(), ["True", "True", "False"])
+        return ran.stdout.split()
+
+    def test_orphan_is_ours_and_reaped(self) -> None:
+        self.assertEqual(self.run_script(ORPHAN_SCRIPT), ["True", "True", "False"])
 
     def test_orphans_and_their_children_are_found(self) -> None:
         """L{orphans}: the children Twisted did not spawn, and their descendants."""
-        ran = subprocess.run(
-            [sys.executable, "-c", LEFT_SCRIPT],
-            env=child_env(),
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
-        self.assertEqual(ran.returncode, 0, ran.stderr)
-        if ran.stdout.startswith("skip"):
-            raise self.skipTest(ran.stdout)
-        self.assertEqual(ran.stdout.split(), ["True", "True"])
+        self.assertEqual(self.run_script(LEFT_SCRIPT), ["True", "True"])
 
 
 LEFT_SCRIPT = """

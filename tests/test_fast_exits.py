@@ -34,6 +34,7 @@ class ServiceExitsDuringSpawnTests(SupervisorTestCase):
         self.supervise([self.service("A", {"VRAM": 6})], [ResourceConfig("VRAM", 10)])
         for attempt in range(1, 4):
             d = self.acquire("A")
+            self.reactor.advance(0)  # the reactor reads its pipes to the end
             self.unavailable(
                 d, "service 'A' failed to start: process exited with status 0 while starting"
             )

@@ -25,7 +25,7 @@ from lmproxy.config import Config, ResourceConfig, ServiceConfig
 from lmproxy.core.backoff import BACKOFF_FIRST_SECONDS
 from lmproxy.core.groups import GROUP_POLL_SECONDS, STOP_GRACE_SECONDS
 from lmproxy.core.readiness import PROBE_FIRST_DELAY, PROBE_MAX_DELAY, ReadinessReactor
-from lmproxy.core.shell import SETSID
+from lmproxy.core.shell import PIPE_DRAIN_SECONDS, SETSID
 from lmproxy.core.supervisor import Supervisor
 from lmproxy.interfaces import (
     IBackends,
@@ -692,6 +692,29 @@ class BackoffTests(SupervisorTestCase):
         failure = self.status("A").last_failure
         assert failure is not None
         self.assertEqual(failure.retry_at, T0 + 1.0)
+
+    def test_last_lines_read_after_the_exit(self) -> None:
+        """
+        The reactor may tell the exit before the last output: the start fails
+        once the pipes are read to the end, with the lines printed last.
+        """
+        d = self.acquire("A")
+        process = self.proc("A")
+        process.exit(1, pipes_open=True)
+        self.assertNoResult(d)
+        process.output(b"CUDA error: out of memory\n", fd=2)
+        process.close_pipes()
+        error = self.failureResultOf(d, ServiceUnavailable).value
+        self.assertEqual(error.output_tail, ("CUDA error: out of memory",))
+
+    def test_pipes_held_open(self) -> None:
+        """A child that holds the pipes open delays the failure by PIPE_DRAIN_SECONDS only."""
+        d = self.acquire("A")
+        self.proc("A").exit(1, group_too=False, pipes_open=True)
+        self.reactor.advance(PIPE_DRAIN_SECONDS - 0.01)
+        self.assertNoResult(d)
+        self.reactor.advance(0.01)
+        self.failureResultOf(d, ServiceUnavailable)
 
     def test_retry_at_cleared_once_over(self) -> None:
         """/status shows when the back-off ends while it lasts, null after."""

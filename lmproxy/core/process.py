@@ -19,9 +19,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, race
 from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -35,8 +36,16 @@ from lmproxy.core.groups import (
     LeaderSignaller,
     ProcessGroup,
 )
+from lmproxy.core.oneshot import OneShot
 from lmproxy.core.reaper import ServiceRun
-from lmproxy.core.shell import SETSID, Reactor, ShellResult, one_line, run_shell
+from lmproxy.core.shell import (
+    PIPE_DRAIN_SECONDS,
+    SETSID,
+    Reactor,
+    ShellResult,
+    one_line,
+    run_shell,
+)
 from lmproxy.core.strays import Finder, Strays, find_marked
 from lmproxy.lines import LineSplitter
 from lmproxy.logs import log_observer
@@ -141,6 +150,7 @@ class ServiceProcess:
         self._transport: IProcessTransport | None = None
         self._kill_command_run: Deferred[ShellResult] | None = None
         self._argv: list[str] = []
+        self._pipes_closed = OneShot()
 
     @property
     def pid(self) -> int | None:
@@ -200,6 +210,15 @@ class ServiceProcess:
     def when_exited(self) -> Deferred[None]:
         """Fires when the process itself has exited (its group may live on)."""
         return self.group.when_leader_exits()
+
+    async def output_read(self) -> None:
+        """
+        Once the process has exited: wait until its output is read to the end
+        (its pipes closed), for at most L{PIPE_DRAIN_SECONDS} (a child left
+        in its group may hold them open).  The reactor may tell the exit
+        before the last output, the lines a failed start must show.
+        """
+        await race([self._pipes_closed.wait(), deferLater(self._reactor, PIPE_DRAIN_SECONDS)])
 
     @property
     def exit_description(self) -> str | None:
@@ -313,6 +332,7 @@ class ServiceProcess:
         for fd, splitter in self._splitters.items():
             self._lines(fd, splitter.flush())
         self._close_log()
+        self._pipes_closed.fire()
 
     def _close_log(self) -> None:
         if self._log_file is not None:

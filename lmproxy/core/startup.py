@@ -139,6 +139,8 @@ class StartAttempt:
         index, result = await race(contenders)
         if index == 0 and isinstance(result, str):
             return result
+        if index == 3:
+            await self.process.output_read()  # its last words: the reason a user needs
         raise StartFailed(
             {
                 0: f"readiness check failed: {str(result) or type(result).__name__}",

@@ -6,6 +6,7 @@ rooms import one way, and no module outgrows one job.
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -76,6 +77,15 @@ class LayoutTests(SynchronousTestCase):
             and any(name.startswith("lmproxy.testing") for name in _imports(path))
         ]
         self.assertEqual(users, [])
+
+    def test_every_package_is_installed(self) -> None:
+        """pyproject.toml lists every package, so that an installed copy has them all."""
+        with open(PROJECT_ROOT / "pyproject.toml", "rb") as f:
+            listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+        packages = {
+            _module_name(path.parent / "__init__.py") for path in PACKAGE.rglob("__init__.py")
+        }
+        self.assertEqual(packages - listed, set())
 
     def test_modules_are_small(self) -> None:
         """No module under lmproxy/ is over L{MAX_LINES} lines."""

@@ -7,16 +7,18 @@ While the client waits for its service, what it sends is read and held (up to
 ClientRequestBufferLimitBytes, then reading pauses: backpressure).  Reading on
 is what lets lmproxy notice at once that a waiting client has left; a client
 that leaves cancels its wait.  Once connected, bytes flow both ways with flow
-control (each transport is the other's producer), and when either side closes
-the other is closed too.  A failed connection to the backend is retried after
-L{ILease.reconnect} as long as the lease allows it (L{ILease.may_reconnect}:
-once per client), as the OpenAI port does.
+control, through a L{lmproxy.listen.relay.Relay} between the two sockets (or,
+for transports without a socket, through the transports, each the other's
+producer), and when either side closes the other is closed too.  A failed
+connection to the backend is retried after L{ILease.reconnect} as long as the
+lease allows it (L{ILease.may_reconnect}: once per client), as the OpenAI port
+does.
 
 Unlike the HTTP ports (L{lmproxy.listen.timeouts}), nothing here times a
 client out: the protocol is the service's, and its clients may rightly be
 silent for long (a websocket, a database session), as upstream allows.  A
-client that does not read holds only its own connection: the backend's
-transport is paused while the client's is full.
+client that does not read holds only its own connection: the backend is not
+read while the client's socket is full.
 """
 
 from __future__ import annotations
@@ -30,19 +32,14 @@ from twisted.python.failure import Failure
 
 from lmproxy.config import ServiceConfig
 from lmproxy.interfaces import IBackends, ILease, ServiceUnavailable, UnknownService
+from lmproxy.listen.relay import Relay
 from lmproxy.logs import log_observer
-
-READ_SIZE = 256 * 1024
-"""Bytes read from a socket at a time (Twisted's default is 64 KiB)."""
 
 
 def _tune(transport: object) -> None:
     if ITCPTransport.providedBy(transport):
         # Small request/response exchanges must not wait for Nagle's algorithm.
         ITCPTransport(transport).setTcpNoDelay(True)
-        # Fewer, larger reads and writes for bulk transfers: Twisted's TCP
-        # transports read bufferSize bytes at a time (FileDescriptor.bufferSize).
-        transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
 
 
 class BackendConnection(portforward.ProxyClient):
@@ -51,9 +48,17 @@ class BackendConnection(portforward.ProxyClient):
     peer: ServiceConnection
 
     def connectionMade(self) -> None:
-        """Send what the client sent while it waited, then forward both ways."""
+        """
+        Send what the client sent while it waited, then forward both ways:
+        through a L{Relay} between the sockets, or else the transports.
+        """
         _tune(self.transport)
         held = self.peer.take_held_data()
+        relay = Relay.between(self.peer.reactor, self.peer.transport, self.transport)
+        if relay is not None:
+            self.peer.setPeer(self)
+            relay.start(held)
+            return
         if held:
             assert self.transport is not None
             self.transport.write(held)

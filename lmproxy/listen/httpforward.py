@@ -2,47 +2,30 @@
 Forward one HTTP request to a backend and relay its response as it arrives.
 
 The OpenAI listener (L{lmproxy.listen.openai}) terminates HTTP and forwards each
-request on its own through an C{IAgent} (a persistent connection pool in
-production).  This module is the byte-moving half of that: hop-by-hop header
-filtering, the request body producer, and the response relay that streams the
-backend's body to the client with flow control.
+request on its own through an C{IAgent} (in production a
+L{lmproxy.listen.backendpool.BackendAgent}, on pooled connections).  This
+module is the byte-moving half of that: hop-by-hop header filtering, the
+request body producer, and the response relay that streams the backend's
+body to the client with flow control.
 """
 
 from __future__ import annotations
 
 from typing import cast
 
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-)
-from twisted.internet.interfaces import (
-    IConsumer,
-    IProtocol,
-    IProtocolFactory,
-    IPushProducer,
-    IReactorTCP,
-    IStreamClientEndpoint,
-)
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTCP
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    URI,
-    Agent,
-    HTTPConnectionPool,
-    PotentialDataLoss,
-    ResponseDone,
-)
+from twisted.web.client import PotentialDataLoss, ResponseDone
 from twisted.web.http import NO_BODY_CODES
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from lmproxy.listen.backendpool import BackendAgent
 from lmproxy.logs import log_observer
 
 log = Logger(observer=log_observer)
@@ -95,7 +78,8 @@ def end_to_end_headers(headers: Headers, also_drop: frozenset[bytes] = frozenset
 @implementer(IBodyProducer)
 class BytesProducer:
     """
-    A request body already held in memory, written in one go.
+    A request body already held in memory, written in one go
+    (L{BackendAgent} writes C{body} with the request's head).
 
     twisted.web has read the whole client body before the route runs, so there
     is nothing to stream; this also avoids C{FileBodyProducer}, whose default
@@ -106,12 +90,12 @@ class BytesProducer:
         """
         @param body: the whole body.
         """
-        self._body = body
+        self.body = body
         self.length = len(body)
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         """Write the whole body to C{consumer}; done at once."""
-        consumer.write(self._body)
+        consumer.write(self.body)
         return succeed(None)
 
     def pauseProducing(self) -> None:
@@ -124,60 +108,14 @@ class BytesProducer:
         """Nothing is left to stop once startProducing has returned."""
 
 
-@implementer(IAgentEndpointFactory)
-class _BackendEndpoints:
-    """
-    Endpoints to backends.  An IP address (what leases carry) is connected to
-    directly: C{Agent}'s default C{HostnameEndpoint} would resolve it with
-    getaddrinfo in the reactor's thread pool for every new connection, which
-    makes a burst of new connections wait for that pool.
-    """
-
-    def __init__(self, reactor: IReactorTCP) -> None:
-        self._reactor = reactor
-
-    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        host = uri.host.decode("ascii")
-        if isIPv6Address(host):
-            endpoint: IStreamClientEndpoint = TCP6ClientEndpoint(self._reactor, host, uri.port)
-        elif isIPAddress(host):
-            endpoint = TCP4ClientEndpoint(self._reactor, host, uri.port)
-        else:
-            endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port)
-        return _QuietEndpoint(endpoint)
-
-
-@implementer(IStreamClientEndpoint)
-class _QuietEndpoint:
-    """
-    An endpoint whose connections log no "Starting factory" and "Stopping
-    factory" lines: Twisted logs them for every connection that the pool
-    opens to a backend, and lmproxy's log is for what users need to see.
-    """
-
-    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
-        self._endpoint = endpoint
-
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        """Connect C{protocolFactory}, made quiet when it is a C{Factory}."""
-        if isinstance(protocolFactory, Factory):
-            # Factory.doStart and doStop log those lines unless noisy is false.
-            protocolFactory.noisy = False
-        return self._endpoint.connect(protocolFactory)
-
-
 def backend_agent(reactor: IReactorTCP) -> IAgent:
     """
-    The agent to forward with: a persistent connection pool, and IP addresses
-    connected to without name resolution.
+    The agent to forward with: L{BackendAgent}, a lean client on pooled
+    connections, which connects to IP addresses without name resolution.
 
     @param reactor: connects to the backends.
     """
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    # Keep enough idle connections for bursts of concurrent requests to one model
-    # server (Twisted's default keeps 2 per host and closes the rest).
-    pool.maxPersistentPerHost = 32
-    return Agent.usingEndpointFactory(reactor, _BackendEndpoints(reactor), pool=pool)
+    return BackendAgent(reactor)
 
 
 def send(agent: IAgent, request: Request, host: str, port: int, body: bytes) -> Deferred[IResponse]:

@@ -40,6 +40,7 @@ from werkzeug.sansio.multipart import NEED_DATA, Data, Epilogue, Field, Multipar
 
 from lmproxy.config import DEFAULT_OPENAI_MAX_BODY_BYTES, Config
 from lmproxy.interfaces import IBackends, ServiceUnavailable
+from lmproxy.listen.exactroutes import ExactRoutes
 from lmproxy.listen.guard import GatedSite, KeyCheck, Refusal, origin_refusal
 from lmproxy.listen.httpforward import relay, send
 from lmproxy.listen.jsonerrors import (
@@ -109,9 +110,11 @@ class OpenAiApi:
         Unlike a plain C{Site(api.app.resource())}, it leaves multipart bodies
         unparsed, it refuses a body over the limit as soon as its size is
         known, before reading it: the routes rely on it for the limit; and it
-        refuses strangers (L{gate}) as soon as the headers are in.
+        refuses strangers (L{gate}) as soon as the headers are in.  The
+        routes without arguments skip werkzeug's matching (L{ExactRoutes}).
         """
-        return GatedSite(self.app.resource(), self._max_body_bytes, self._clock, self.gate)
+        resource = ExactRoutes(self.app, self.app.resource(), self.internal_error)
+        return GatedSite(resource, self._max_body_bytes, self._clock, self.gate)
 
     def gate(self, request: IRequest) -> Refusal | None:
         """

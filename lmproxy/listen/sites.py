@@ -1,8 +1,8 @@
 """
 The twisted.web sites lmproxy serves, both L{BodyLimitedSite}s: the OpenAI
 port's, whose errors have OpenAI's shape, and the management port's
-(L{ManagementSite}), whose errors are C{{"error": message}} and which keeps no
-access log.
+(L{ManagementSite}), whose errors are C{{"error": message}}.  Neither keeps
+an access log.
 
 Each bounds what a client may send (and never the answer): a request body
 over the site's limit is refused with 413 before it is read, a client too
@@ -126,7 +126,9 @@ class BodyLimitedSite(Site):
     A site whose connections are L{GuardedChannel}s and whose requests are
     L{BodyLimitedRequest}s, and which leaves multipart bodies unparsed: a
     plain C{Site} parses every upload into C{request.args}, and answers a
-    malformed one with a bare 400.
+    malformed one with a bare 400.  It keeps no access log: upstream logs
+    nothing per request, and twisted.web's line cost a tenth of the OpenAI
+    port's CPU (the forwarded requests have a debug line of their own).
 
     @ivar max_body_bytes: larger request bodies are refused with 413.
     """
@@ -171,9 +173,12 @@ class BodyLimitedSite(Site):
             headers.append((b"Connection", b"close"))
         return headers, body
 
+    def log(self, request: Any) -> None:
+        """Log nothing."""
+
 
 class ManagementSite(BodyLimitedSite):
-    """The management port's site: small bodies, plain errors, no access log (dashboards poll)."""
+    """The management port's site: small bodies, plain errors."""
 
     def __init__(self, resource: IResource, clock: IReactorTime) -> None:
         """
@@ -181,6 +186,3 @@ class ManagementSite(BodyLimitedSite):
         @param clock: drives the site's timeouts.
         """
         super().__init__(resource, MANAGEMENT_MAX_BODY_BYTES, clock, plain_error)
-
-    def log(self, request: Any) -> None:
-        """Log nothing."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
@@ -24,7 +25,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from lmproxy.compat.process import twisted_children
+from lmproxy.compat.process import can_spawn_in_session, spawn_in_session, twisted_children
 from lmproxy.compat.web import EarlyAnswerRequest
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 50000)
@@ -153,3 +154,63 @@ class TwistedAssumptionTests(TestCase):
         os.kill(pid, signal.SIGKILL)
         await protocol.ended
         self.assertNotIn(pid, twisted_children())
+
+
+class _Output(ProcessProtocol):
+    def __init__(self) -> None:
+        self.out = b""
+        self.ended: Deferred[None] = Deferred()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self.out += data
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+
+
+class SessionSpawnTests(TestCase):
+    """What L{spawn_in_session} assumes of Twisted's C{Process} (real children)."""
+
+    # The child's pid, process group and session (fields 1, 5 and 6 of its stat), and cwd.
+    SCRIPT = "read -r a b c d e f g < /proc/$$/stat; echo $$ $e $f; pwd"
+
+    async def _script(self, path: str | None) -> list[str]:
+        protocol = _Output()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        self.addCleanup(os.close, devnull)
+        spawn_in_session(
+            reactor,
+            protocol,
+            "sh",
+            ["sh", "-c", self.SCRIPT],
+            {"PATH": os.environ["PATH"]},
+            path,
+            {0: devnull, 1: "r", 2: "r"},
+        )
+        await protocol.ended
+        return protocol.out.decode().split()
+
+    def test_posix_reactor(self) -> None:
+        self.assertTrue(can_spawn_in_session(reactor))
+        self.assertFalse(can_spawn_in_session(Clock()))
+
+    async def test_spawned_with_setsid(self) -> None:
+        """In lmproxy's directory: posix_spawn, asked for setsid."""
+        calls: list[dict[str, object]] = []
+        spawn = os.posix_spawnp
+
+        def recording(*args: Any, **kwargs: Any) -> int:
+            calls.append(kwargs)
+            return spawn(*args, **kwargs)
+
+        self.patch(os, "posix_spawnp", recording)
+        pid, group, session, cwd = await self._script(None)
+        self.assertEqual((group, session, cwd), (pid, pid, os.getcwd()))
+        self.assertEqual([call["setsid"] for call in calls], [True])
+
+    async def test_forked_elsewhere(self) -> None:
+        """In another directory, Twisted forks: setsid in the child."""
+        elsewhere = os.path.realpath(self.mktemp())
+        os.makedirs(elsewhere)
+        pid, group, session, cwd = await self._script(elsewhere)
+        self.assertEqual((group, session, cwd), (pid, pid, elsewhere))

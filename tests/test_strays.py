@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from typing import cast
+from unittest import SkipTest
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -15,11 +17,11 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from lmproxy.config import ServiceConfig
-from lmproxy.core.descendants import Proc
+from lmproxy.core.descendants import MARK_VARIABLE, Proc, new_mark, read_proc
 from lmproxy.core.groups import KILL_WAIT_SECONDS, STOP_GRACE_SECONDS
 from lmproxy.core.process import ServiceProcess
 from lmproxy.core.shell import Reactor
-from lmproxy.core.strays import POLL_SECONDS, Strays
+from lmproxy.core.strays import POLL_SECONDS, Strays, boot_ticks, find_marked
 from lmproxy.testing import MemoryProcessReactor
 
 
@@ -35,6 +37,7 @@ class FakeStrays:
         self.takes: dict[int, float | None] = {}  # pid: seconds after SIGTERM; None: ignores it
         self.ends_at: dict[int, float] = {}
         self.sent: list[tuple[float, int, int]] = []
+        self.since: list[int] = []  # as each find was asked
 
     def add(self, mark: str, pid: int, pgrp: int, takes: float | None = 0.0) -> Proc:
         proc = Proc(pid, 1, pgrp, 1000 + pid, False)
@@ -42,8 +45,10 @@ class FakeStrays:
         self.takes[pid] = takes
         return proc
 
-    def find(self, mark: str) -> list[Proc]:
-        return [proc for proc in self.by_mark.get(mark, []) if self.running(proc)]
+    def find(self, mark: str, since: int) -> list[Proc]:
+        self.since.append(since)
+        procs = self.by_mark.get(mark, [])
+        return [proc for proc in procs if proc.start >= since and self.running(proc)]
 
     def running(self, proc: Proc) -> bool:
         return self.clock.seconds() < self.ends_at.get(proc.pid, float("inf"))
@@ -106,6 +111,35 @@ class StraysTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), [])
         self.assertIn((late.pid, signal.SIGKILL), [(pid, s) for _, pid, s in self.fake.sent])
 
+    def test_none_found_is_not_looked_for_again(self) -> None:
+        """No stray at SIGTERM: no second scan of /proc for SIGKILL, at the same moment."""
+        self.fake.add("m", 10, 10)  # in the group
+        d = Deferred.fromCoroutine(self.fake.strays("m").terminate(10, 5.0, 2.0))
+        self.assertEqual(self.successResultOf(d), [])
+        self.assertEqual((self.fake.since, self.fake.sent), ([0], []))
+
+    def test_only_processes_started_since_the_leader(self) -> None:
+        """Older processes cannot carry a new mark: those started before the leader are not read."""
+        self.fake.add("m", 20, 20)  # started at tick 1020
+        strays = Strays(
+            self.clock, "m", self.fake.find, self.fake.send, self.fake.running, ticks=lambda: 1021
+        )
+        self.assertEqual([p.pid for p in strays.outside(30)], [20])  # not begun: every one
+        strays.begin()
+        self.assertEqual((strays.since, strays.outside(30)), (1021, []))
+        self.assertEqual(self.fake.since, [0, 1021])
+
+    def test_boot_ticks(self) -> None:
+        """A moment before a process spawned now started, in its own ticks."""
+        before = boot_ticks()
+        child = subprocess.Popen(["true"])
+        self.addCleanup(child.wait)
+        proc = read_proc(child.pid)
+        if proc is None:
+            raise SkipTest("no /proc")
+        self.assertLessEqual(before, proc.start)
+        self.assertGreater(before, proc.start - 100 * os.sysconf("SC_CLK_TCK"))  # not 0
+
     def test_survivors_are_returned(self) -> None:
         """Still there after SIGKILL (stuck in the kernel): the caller says so."""
         stuck = self.fake.add("m", 20, 20, takes=None)
@@ -113,6 +147,31 @@ class StraysTests(SynchronousTestCase):
         d = Deferred.fromCoroutine(self.fake.strays("m").terminate(10, 1.0, 2.0))
         self.clock.pump([POLL_SECONDS] * int(3.0 / POLL_SECONDS + 2))
         self.assertEqual(self.successResultOf(d), [stuck])
+
+
+class FindMarkedTests(SynchronousTestCase):
+    """L{find_marked} on this machine's /proc."""
+
+    def test_since(self) -> None:
+        mark = new_mark()
+        child = subprocess.Popen(
+            ["sh", "-c", "echo ready; read x"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, MARK_VARIABLE: mark},
+        )
+        assert child.stdin is not None and child.stdout is not None
+        self.addCleanup(child.wait)
+        self.addCleanup(child.stdout.close)
+        self.addCleanup(child.stdin.close)
+        # Once it runs: just after its exec, its environment may not be readable yet.
+        child.stdout.readline()
+        proc = read_proc(child.pid)
+        if proc is None:
+            raise SkipTest("no /proc")
+        self.assertEqual([p.pid for p in find_marked(mark)], [child.pid])
+        self.assertEqual([p.pid for p in find_marked(mark, proc.start)], [child.pid])
+        self.assertEqual(find_marked(mark, proc.start + 1), [])
 
 
 class ServiceStopTests(SynchronousTestCase):
@@ -136,6 +195,7 @@ class ServiceStopTests(SynchronousTestCase):
         )
         self.patch(self.service.strays, "_send", self.fake.send)
         self.patch(self.service.strays, "_running", self.fake.running)
+        self.patch(self.service.strays, "_ticks", lambda: 0)  # the fakes' start times are small
         self.service.spawn()
         [self.process] = self.reactor.processes
 

@@ -10,5 +10,7 @@ module per part of Twisted, so that importing one costs nothing of the other:
     has arrived (L{lmproxy.compat.web.EarlyAnswerRequest}).
   - L{lmproxy.compat.process}: which children Twisted's process support will
     reap (L{lmproxy.compat.process.twisted_children}), so that lmproxy, a
-    child subreaper, reaps only the others.
+    child subreaper, reaps only the others; spawning a child in a session of
+    its own without the C{setsid} command's exec
+    (L{lmproxy.compat.process.spawn_in_session}).
 """

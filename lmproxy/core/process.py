@@ -26,6 +26,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from lmproxy.compat.process import can_spawn_in_session, spawn_in_session
 from lmproxy.config import ServiceConfig
 from lmproxy.core.descendants import MARK_VARIABLE, new_mark
 from lmproxy.core.groups import (
@@ -179,15 +180,29 @@ class ServiceProcess:
             self._close_log()
             raise StartError(f"cannot open {os.devnull}: {e}", retryable=True) from None
         self._argv = [executable, *argv]
+        env = {**os.environ, MARK_VARIABLE: self.strays.mark}
+        self.strays.begin()
+        fds: dict[int, int | str] = {0: devnull, 1: "r", 2: "r"}
         try:
-            self._transport = self._reactor.spawnProcess(
-                _ServiceProtocol(self),
-                SETSID,
-                [SETSID, executable, *argv],
-                env={**os.environ, MARK_VARIABLE: self.strays.mark},
-                path=config.work_dir,
-                childFDs={0: devnull, 1: "r", 2: "r"},
-            )
+            if can_spawn_in_session(self._reactor):
+                self._transport = spawn_in_session(
+                    self._reactor,
+                    _ServiceProtocol(self),
+                    executable,
+                    self._argv,
+                    env,
+                    config.work_dir,
+                    fds,
+                )
+            else:  # another reactor (a test's fake): through the setsid command
+                self._transport = self._reactor.spawnProcess(
+                    _ServiceProtocol(self),
+                    SETSID,
+                    [SETSID, *self._argv],
+                    env=env,
+                    path=config.work_dir,
+                    childFDs=fds,
+                )
         except OSError as e:
             self._close_log()
             # Out of processes or descriptors, usually: that may pass.
@@ -236,10 +251,12 @@ class ServiceProcess:
         if use_kill_command and self._config.kill_command:
             await self._run_kill_command(self._config.kill_command)
         # At once: the strays must not wait for the group's grace period, nor it for theirs.
+        # The group first: it exits while the strays are looked for in /proc.
+        group = Deferred.fromCoroutine(self.group.terminate(STOP_GRACE_SECONDS))
         strays = Deferred.fromCoroutine(
             self.strays.terminate(self.pid, STOP_GRACE_SECONDS, KILL_WAIT_SECONDS)
         )
-        await self.group.terminate(STOP_GRACE_SECONDS)
+        await group
         for proc in await strays:
             self.log.error(
                 "{service}: process {pid}, which left its process group, survived SIGKILL",

@@ -133,6 +133,21 @@ class ForwarderTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.proxied(), 0)
 
+    def test_client_leaving_while_the_backend_connects(self) -> None:
+        """
+        A client gone after its lease was given, before the backend connection
+        is made: the lease is released at once, and the backend connection,
+        once made, is closed rather than left open for nobody.
+        """
+        self.backends.set_state("llm", ServiceState.RUNNING)
+        protocol, _client = self.connect_client()
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.proxied(), 0)
+        backend = self.connect_backend()
+        self.assertTrue(backend.disconnecting)
+        self.assertEqual(self.proxied(), 0)
+
     def test_backend_close_closes_client(self) -> None:
         self.backends.set_state("llm", ServiceState.RUNNING)
         protocol, client = self.connect_client()

@@ -52,6 +52,12 @@ class BackendConnection(portforward.ProxyClient):
         Send what the client sent while it waited, then forward both ways:
         through a L{Relay} between the sockets, or else the transports.
         """
+        assert self.transport is not None
+        if self.peer.closed:
+            # The client left while this connection was being made (its
+            # lease is released already): nobody to forward for.
+            self.transport.loseConnection()
+            return
         _tune(self.transport)
         held = self.peer.take_held_data()
         relay = Relay.between(self.peer.reactor, self.peer.transport, self.transport)
@@ -60,7 +66,6 @@ class BackendConnection(portforward.ProxyClient):
             relay.start(held)
             return
         if held:
-            assert self.transport is not None
             self.transport.write(held)
         super().connectionMade()
 
@@ -114,6 +119,11 @@ class ServiceConnection(portforward.ProxyServer):
         limit = self.factory.buffer_limit
         if limit and self._held_bytes >= limit:
             self.transport.pauseProducing()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the client's connection is gone."""
+        return self._closed
 
     def take_held_data(self) -> bytes:
         """What the client sent before the backend connection was made; forgets it."""

@@ -15,8 +15,9 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -26,6 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from lmproxy.compat.process import can_spawn_in_session, spawn_in_session, twisted_children
+from lmproxy.compat.tcp import socket_of
 from lmproxy.compat.web import EarlyAnswerRequest
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 50000)
@@ -214,3 +216,32 @@ class SessionSpawnTests(TestCase):
         os.makedirs(elsewhere)
         pid, group, session, cwd = await self._script(elsewhere)
         self.assertEqual((group, session, cwd), (pid, pid, elsewhere))
+
+
+class PausedTransportTests(TestCase):
+    """What L{lmproxy.compat.tcp} assumes of Twisted's TCP transports (a real connection)."""
+
+    async def test_paused_transport_is_not_watched(self) -> None:
+        accepted: Deferred[Protocol] = Deferred()
+
+        class Accepted(Protocol):
+            def connectionMade(self) -> None:
+                accepted.callback(self)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Accepted), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = await connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Protocol()
+        )
+        server = await accepted
+        for protocol in (client, server):
+            transport = protocol.transport
+            self.assertIsNotNone(socket_of(transport))
+            transport.pauseProducing()
+        watched = reactor.getReaders() + reactor.getWriters()
+        self.assertFalse(any(p.transport in watched for p in (client, server)))
+        for protocol in (client, server):
+            protocol.transport.resumeProducing()
+        self.assertTrue(all(p.transport in reactor.getReaders() for p in (client, server)))
+        for protocol in (client, server):
+            protocol.transport.loseConnection()

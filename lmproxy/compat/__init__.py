@@ -13,4 +13,7 @@ module per part of Twisted, so that importing one costs nothing of the other:
     child subreaper, reaps only the others; spawning a child in a session of
     its own without the C{setsid} command's exec
     (L{lmproxy.compat.process.spawn_in_session}).
+  - L{lmproxy.compat.tcp}: a paused TCP transport leaves its socket to
+    another descriptor (L{lmproxy.compat.tcp.socket_of}, for the relay of
+    the per-service ports).
 """

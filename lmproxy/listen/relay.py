@@ -25,7 +25,9 @@ closing, half-close (not supported: either side closing closes both), and
 the protocols' C{connectionLost} stay Twisted's.
 
 Each socket comes from C{ISystemHandle.getHandle}, a public Twisted API;
-transports that have none (tests' C{StringTransport}s) are not relayed.
+transports that have none (tests' C{StringTransport}s) are not relayed.  That
+a paused transport leaves its socket to the relay is an assumption about
+Twisted, tested with L{lmproxy.compat.tcp}.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ from twisted.internet.interfaces import (
     IReactorFDSet,
     IReadDescriptor,
     IReadWriteDescriptor,
-    ISystemHandle,
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from lmproxy.compat.tcp import socket_of
 
 CHUNK_SIZE = 256 * 1024
 """Bytes read at most per readable event (one buffer for every connection)."""
@@ -60,21 +63,6 @@ class RelayedTransport(Protocol):
 
     def resumeProducing(self) -> None:
         """Read again."""
-
-
-def socket_of(transport: object) -> socket.socket | None:
-    """
-    The stream socket under C{transport}, if it has one that is still open.
-
-    @param transport: a connection's transport.
-    """
-    if not ISystemHandle.providedBy(transport):
-        return None
-    handle = ISystemHandle(transport).getHandle()
-    if not isinstance(handle, socket.socket) or handle.type != socket.SOCK_STREAM:
-        return None
-    # Closed already (the client left while the backend connection was made).
-    return handle if handle.fileno() >= 0 else None
 
 
 @implementer(IReadWriteDescriptor)

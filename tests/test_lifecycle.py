@@ -132,6 +132,21 @@ class LifecycleTests(SynchronousTestCase):
         self.assertTrue(set(self.owner.moves) <= TRANSITIONS)
         self.assertEqual(self.owner.starts, [True])
 
+    def test_idle_timeout_from_the_last_use(self) -> None:
+        """Uses push the idle stop back, without a reactor call per use."""
+        d = self.lifecycle.acquire()
+        self.reactor.accept_connection(PORT)
+        self.successResultOf(d).release()
+        calls = [c.func for c in self.reactor.getDelayedCalls()]
+        for _ in range(5):
+            self.reactor.advance(25)
+            self.successResultOf(self.lifecycle.acquire()).release()
+            self.assertEqual([c.func for c in self.reactor.getDelayedCalls()], calls)
+        self.reactor.advance(59.9)
+        self.assertEqual(self.lifecycle.state, RUNNING)
+        self.reactor.advance(0.1)
+        self.assertEqual(self.lifecycle.state, STOPPED)
+
     def test_failed_start(self) -> None:
         """A process that exits while starting: starting, stopping, stopped; waiters fail."""
         d = self.lifecycle.acquire()

@@ -46,9 +46,11 @@ from lmproxy.interfaces import (
     ServiceState,
     ServiceUnavailable,
 )
+from lmproxy.listen import openai
 from lmproxy.listen.httpforward import BytesProducer, backend_agent, end_to_end_headers
 from lmproxy.listen.jsonerrors import JSON_CONTENT_TYPE
 from lmproxy.listen.openai import OpenAiApi, multipart_field
+from lmproxy.logs import debugging, set_log_level
 from lmproxy.testing import FakeBackends
 
 STARTED_AT = 1_700_000_000
@@ -410,6 +412,28 @@ class RoutingTests(ProxyTestCase):
             result = self.result(self.post("/v1/chat/completions", {"model": model}))
             self.assertEqual(json.loads(result[2])["host"], host)
         self.assertEqual(self.backends.acquired, ["chat", "chat", "chat", "embed"])
+
+    def test_debug_line_only_at_debug_level(self) -> None:
+        """One line per forwarded request with LogLevel Debug; none, not even built, else."""
+        self.addCleanup(set_log_level, "Normal")
+        built: list[str] = []
+        self.patch(openai.log, "debug", lambda format, **kw: built.append(format))
+        for level in ["Debug", "Normal"]:
+            set_log_level(level)
+            self.assertEqual(debugging(), level == "Debug")
+            result = self.result(self.post("/v1/chat/completions", {"model": "llama-3"}))
+            self.assertEqual(result[0], 200)
+        self.assertEqual(built, ["{method} {path} -> {service}: {code} in {seconds:.3f}s"])
+
+    def test_debug_line(self) -> None:
+        """The debug line says what was forwarded where, its status and duration."""
+        self.addCleanup(set_log_level, "Normal")
+        set_log_level("Debug")
+        with capturedLogs() as events:
+            self.result(self.post("/v1/chat/completions", {"model": "llama-3"}))
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len(lines), 1)
+        self.assertRegex(lines[0], r"^POST /v1/chat/completions -> chat: 200 in \d+\.\d{3}s$")
 
     def test_backend_answer_passes_through(self) -> None:
         """A backend's own error status and body reach the client unchanged."""

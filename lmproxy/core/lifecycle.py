@@ -145,9 +145,9 @@ class ServiceLifecycle:
             refusal = self._failures.refusal()
             if refusal is not None:  # it backs off after a failed start
                 return fail(refusal)
-        self.touch()
-        if self.state is RUNNING:
+        if self.state is RUNNING:  # _new_lease touches it
             return succeed(self._new_lease(reconnected))
+        self.touch()
         # An earlier waiter's callback may have stopped it again: ask again.
         return self._wait().addCallback(lambda _: self.acquire(reconnected))
 
@@ -160,7 +160,7 @@ class ServiceLifecycle:
         """A use: refresh last_used, and re-arm the idle timer of a running service."""
         self.last_used = self._clock.seconds()
         if self.state is RUNNING:
-            self._idle_timer.arm(self.config.idle_timeout, self._idle_expired)
+            self._idle_timer.push(self.config.idle_timeout, self._idle_expired)
 
     def _wait(self) -> Deferred[None]:
         # The wait limit is on waiting for resources, not on a start.
@@ -221,7 +221,7 @@ class ServiceLifecycle:
         if self.state is not RUNNING:
             return
         if self._leases:  # busy: look again later, last_used unchanged
-            self._idle_timer.arm(self.config.idle_timeout, self._idle_expired)
+            self._idle_timer.push(self.config.idle_timeout, self._idle_expired)
             return
         self.stop(f"idle for {self.config.idle_timeout:g} s")
 

@@ -56,12 +56,18 @@ def end_to_end_headers(headers: Headers, also_drop: frozenset[bytes] = frozenset
     @param headers: the headers of a request or a response.
     @param also_drop: more names to drop, in lower case.
     """
+    kept = Headers()
+    _copy_end_to_end(headers, kept, also_drop)
+    return kept
+
+
+def _copy_end_to_end(headers: Headers, into: Headers, also_drop: frozenset[bytes]) -> None:
+    """Set the end-to-end headers of C{headers} on C{into} (see L{end_to_end_headers})."""
     named = {
         token.strip().lower()
         for value in headers.getRawHeaders(b"connection", [])
         for token in value.split(b",")
     }
-    kept = Headers()
     for name, values in headers.getAllRawHeaders():
         lower = name.lower()
         if (
@@ -71,8 +77,7 @@ def end_to_end_headers(headers: Headers, also_drop: frozenset[bytes] = frozenset
             or lower in also_drop
         ):
             continue
-        kept.setRawHeaders(name, list(values))
-    return kept
+        into.setRawHeaders(name, list(values))
 
 
 @implementer(IBodyProducer)
@@ -149,8 +154,7 @@ def relay(response: IResponse, request: Request, service: str) -> Deferred[None]
     request.setResponseCode(response.code, response.phrase)
     # The agent keeps the connection headers (Connection, Keep-Alive,
     # Content-Length, Transfer-Encoding, ...) to itself; filter the rest anyway.
-    for name, values in end_to_end_headers(response.headers).getAllRawHeaders():
-        request.responseHeaders.setRawHeaders(name, list(values))
+    _copy_end_to_end(response.headers, request.responseHeaders, frozenset())
     declared_length = response.length is not UNKNOWN_LENGTH and response.code not in NO_BODY_CODES
     if declared_length:
         # Keeps a sized body sized for the client instead of re-chunking it.

@@ -49,7 +49,7 @@ from lmproxy.listen.jsonerrors import (
     json_response,
     model_not_found,
 )
-from lmproxy.logs import log_observer
+from lmproxy.logs import debugging, log_observer
 
 # Through log_observer: the per-request debug line only with LogLevel Debug.
 log = Logger(observer=log_observer)
@@ -257,14 +257,15 @@ class OpenAiApi:
         finally:
             # The lease of a failed reconnect() was released by it; release is idempotent.
             lease.release()
-        log.debug(
-            "{method} {path} -> {service}: {code} in {seconds:.3f}s",
-            method=request.method.decode("latin-1"),
-            path=request.path.decode("latin-1"),
-            service=service,
-            code=request.code,
-            seconds=self._clock.seconds() - began,
-        )
+        if debugging():  # a cheap check: building the event costs more
+            log.debug(
+                "{method} {path} -> {service}: {code} in {seconds:.3f}s",
+                method=request.method.decode("latin-1"),
+                path=request.path.decode("latin-1"),
+                service=service,
+                code=request.code,
+                seconds=self._clock.seconds() - began,
+            )
         return None
 
     # --- Errors that Klein raises itself ---------------------------------------

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
@@ -60,6 +60,7 @@ class GuardedChannel(HTTPChannel):
     _body_began = 0.0
     _body_bytes = 0
     _last_byte = 0.0
+    _host: IAddress | None = None  # getHost's answer (a getsockname call each time)
 
     def dataReceived(self, data: bytes) -> None:
         """Start the clock of a new request at its first byte; count a body's bytes."""
@@ -102,6 +103,12 @@ class GuardedChannel(HTTPChannel):
         self._disarm()
         self._phase = "closed"
         super().loseConnection()
+
+    def getHost(self) -> IAddress:
+        """The local address, asked once: twisted.web asks at every request."""
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         """Forget the deadline."""

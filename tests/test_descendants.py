@@ -17,11 +17,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from lmproxy.core import descendants
 from lmproxy.core.descendants import (
     MARK_VARIABLE,
+    PidWindow,
     Proc,
     carries,
     marked,
     new_mark,
     parse_stat,
+    pid_window,
     read_proc,
     same,
     scan,
@@ -65,17 +67,19 @@ class FakeProc:
 
 class ParseStatTests(SynchronousTestCase):
     def test_fields(self) -> None:
-        self.assertEqual(parse_stat(12, stat_line(12, 3, 7, 999)), Proc(12, 3, 7, 999, False))
+        self.assertEqual(
+            parse_stat(12, stat_line(12, 3, 7, 999).encode()), Proc(12, 3, 7, 999, False)
+        )
 
     def test_command_name_with_spaces_and_parentheses(self) -> None:
         line = stat_line(12, 3, 7, 999, comm="a) (b c")
-        self.assertEqual(parse_stat(12, line), Proc(12, 3, 7, 999, False))
+        self.assertEqual(parse_stat(12, line.encode()), Proc(12, 3, 7, 999, False))
 
     def test_zombie(self) -> None:
-        self.assertTrue(parse_stat(12, stat_line(12, 3, 7, 999, state="Z")).zombie)  # type: ignore[union-attr]
+        self.assertTrue(parse_stat(12, stat_line(12, 3, 7, 999, state="Z").encode()).zombie)  # type: ignore[union-attr]
 
     def test_not_a_stat_line(self) -> None:
-        for text in ("", "12 (x) S 1 2", "12 (x) S a b c" + " 0" * 20, "no parenthesis " * 5):
+        for text in (b"", b"12 (x) S 1 2", b"12 (x) S a b c" + b" 0" * 20, b"no parenthesis " * 5):
             self.assertIsNone(parse_stat(12, text), text)
 
 
@@ -102,6 +106,61 @@ class ScanTests(SynchronousTestCase):
         self.assertTrue(carries(10, "m1", root))
         self.assertFalse(carries(11, "m1", root))  # a mark that begins alike is another
         self.assertFalse(carries(12, "m1", root))  # no such process (or not ours to read)
+
+    def test_carries_after_a_long_environment(self) -> None:
+        """An environment longer than one read is read to its end."""
+        root = str(self.proc.root)
+        for size in (65536 - len("A=\0"), 200000):  # a read's size exactly, and several
+            self.proc.add(size, 1, env={"A": "x" * size, MARK_VARIABLE: "m1"})
+            self.assertTrue(carries(size, "m1", root), size)
+
+
+class PidWindowTests(SynchronousTestCase):
+    """Only the pids given since a run's leader are read, until the pids may have gone round."""
+
+    def setUp(self) -> None:
+        self.proc = FakeProc(self)
+        self.root = str(self.proc.root)
+        for pid in (5, 10, 11, 90, 99):
+            self.proc.add(pid, 1)
+        (self.proc.root / "sys" / "kernel").mkdir(parents=True)
+        (self.proc.root / "sys" / "kernel" / "pid_max").write_text("1000\n")
+        self.machine(forks=500, last=99, threads=10)
+
+    def machine(self, forks: int, last: int, threads: int) -> None:
+        """What C{/proc/stat} and C{/proc/loadavg} say now."""
+        (self.proc.root / "stat").write_text(
+            f"cpu  1 2 3\nintr 7 8\nprocesses {forks}\nprocs_running 1\n"
+        )
+        (self.proc.root / "loadavg").write_text(f"0.50 0.40 0.30 1/{threads} {last}\n")
+
+    def pids(self, window: PidWindow | None) -> list[int]:
+        return sorted(proc.pid for proc in scan(self.root, window))
+
+    def test_window(self) -> None:
+        window = pid_window(11, self.root)
+        self.assertEqual(window, PidWindow(11, 500))
+        self.machine(forks=600, last=99, threads=10)
+        self.assertEqual(self.pids(window), [11, 90, 99])
+
+    def test_round_the_end(self) -> None:
+        """Given up to pid_max, then from the bottom again."""
+        self.machine(forks=600, last=10, threads=10)
+        self.assertEqual(self.pids(PidWindow(90, 500)), [5, 10, 90, 99])
+
+    def test_gone_round(self) -> None:
+        """Too many forks since (with the pids in use): any pid may be the run's."""
+        self.machine(forks=500 + 490, last=99, threads=10)
+        self.assertEqual(self.pids(PidWindow(90, 500)), [5, 10, 11, 90, 99])
+        self.machine(forks=500 + 489, last=99, threads=10)
+        self.assertEqual(self.pids(PidWindow(90, 500)), [90, 99])
+
+    def test_not_told(self) -> None:
+        """Without the counts, every pid is read; without them at spawn, no window."""
+        (self.proc.root / "loadavg").unlink()
+        self.assertEqual(self.pids(PidWindow(90, 500)), [5, 10, 11, 90, 99])
+        (self.proc.root / "stat").write_text("cpu  1 2 3\n")
+        self.assertIsNone(pid_window(90, self.root))
 
 
 class MarkedTests(SynchronousTestCase):

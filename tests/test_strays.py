@@ -17,7 +17,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from lmproxy.config import ServiceConfig
-from lmproxy.core.descendants import MARK_VARIABLE, Proc, new_mark, read_proc
+from lmproxy.core.descendants import MARK_VARIABLE, PidWindow, Proc, new_mark, pid_window, read_proc
 from lmproxy.core.groups import KILL_WAIT_SECONDS, STOP_GRACE_SECONDS
 from lmproxy.core.process import ServiceProcess
 from lmproxy.core.shell import Reactor
@@ -38,6 +38,7 @@ class FakeStrays:
         self.ends_at: dict[int, float] = {}
         self.sent: list[tuple[float, int, int]] = []
         self.since: list[int] = []  # as each find was asked
+        self.windows: list[PidWindow | None] = []
 
     def add(self, mark: str, pid: int, pgrp: int, takes: float | None = 0.0) -> Proc:
         proc = Proc(pid, 1, pgrp, 1000 + pid, False)
@@ -45,8 +46,9 @@ class FakeStrays:
         self.takes[pid] = takes
         return proc
 
-    def find(self, mark: str, since: int) -> list[Proc]:
+    def find(self, mark: str, since: int, window: PidWindow | None = None) -> list[Proc]:
         self.since.append(since)
+        self.windows.append(window)
         procs = self.by_mark.get(mark, [])
         return [proc for proc in procs if proc.start >= since and self.running(proc)]
 
@@ -129,6 +131,25 @@ class StraysTests(SynchronousTestCase):
         self.assertEqual((strays.since, strays.outside(30)), (1021, []))
         self.assertEqual(self.fake.since, [0, 1021])
 
+    def test_window_once_spawned(self) -> None:
+        """Once its leader is spawned, a run's processes are looked for in its pid window."""
+        window = PidWindow(20, 5)
+        strays = Strays(
+            self.clock,
+            "m",
+            self.fake.find,
+            self.fake.send,
+            self.fake.running,
+            window=lambda pid: window if pid == 20 else None,
+        )
+        strays.outside(30)
+        strays.begin()
+        strays.spawned(20)
+        strays.outside(30)
+        strays.begin()  # the next run: anywhere until its leader is spawned
+        strays.outside(30)
+        self.assertEqual(self.fake.windows, [None, window, None])
+
     def test_boot_ticks(self) -> None:
         """A moment before a process spawned now started, in its own ticks."""
         before = boot_ticks()
@@ -172,6 +193,31 @@ class FindMarkedTests(SynchronousTestCase):
         self.assertEqual([p.pid for p in find_marked(mark)], [child.pid])
         self.assertEqual([p.pid for p in find_marked(mark, proc.start)], [child.pid])
         self.assertEqual(find_marked(mark, proc.start + 1), [])
+
+    def test_window(self) -> None:
+        """A process spawned after the leader is in its window; one spawned before is not."""
+        mark = new_mark()
+        env = {**os.environ, MARK_VARIABLE: mark}
+        before = subprocess.Popen(["sleep", "30"], env=env)
+        self.addCleanup(before.wait)
+        self.addCleanup(before.kill)
+        leader = subprocess.Popen(["sleep", "30"])
+        self.addCleanup(leader.wait)
+        self.addCleanup(leader.kill)
+        window = pid_window(leader.pid)
+        after = subprocess.Popen(
+            ["sh", "-c", "echo ready; exec sleep 30"], env=env, stdout=subprocess.PIPE
+        )
+        assert after.stdout is not None
+        self.addCleanup(after.wait)
+        self.addCleanup(after.kill)
+        self.addCleanup(after.stdout.close)
+        after.stdout.readline()
+        if window is None or read_proc(before.pid) is None:
+            raise SkipTest("no /proc")
+        # "before" is found without a window (or when the pids may have gone round since).
+        self.assertEqual([p.pid for p in find_marked(mark)], sorted([before.pid, after.pid]))
+        self.assertEqual([p.pid for p in find_marked(mark, 0, window)], [after.pid])
 
 
 class ServiceStopTests(SynchronousTestCase):

@@ -215,6 +215,7 @@ class ServiceProcess:
         if self._registry is not None:
             run = ServiceRun(self.strays.mark, self._config.kill_command, self._config.work_dir)
             self._registry.add(pid, run)
+        self.strays.spawned(pid)  # after the watchdog knows of the group: it reads /proc
         self.log.info(
             "{service}: started {argv} as pid {pid}",
             service=self._config.name,

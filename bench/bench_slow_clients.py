@@ -25,22 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from lmproxy.testing.ports import free_ports
+from lmproxy.testing.ports import free_ports, wait_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STATUS = b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 SLOW_REQUEST = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"x" * 64
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.01)
-    raise SystemExit(f"port {port} never opened")
 
 
 def time_status(port: int, requests: int) -> list[float]:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lmproxy.testing.ports import free_ports
+from lmproxy.testing.ports import free_ports, wait_port
 
 HERE = Path(__file__).parent
 # What a cold start's first client sends (the C backend answers any request).
@@ -77,17 +77,6 @@ def cmdline(pid: int) -> bytes:
 def running_with(marker: bytes) -> bool:
     """Whether a process has C{marker} in its command line."""
     return any(marker in cmdline(int(p)) for p in os.listdir("/proc") if p.isdigit())
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.005)
-    raise SystemExit(f"port {port} never opened")
 
 
 def first_byte(port: int, payload: bytes) -> tuple[int, int]:

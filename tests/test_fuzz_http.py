@@ -31,6 +31,8 @@ from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
 from lmproxy.interfaces import ILease
+from lmproxy.listen.backendpool import IBackendConnections
+from lmproxy.listen.frontsite import FrontSite
 from lmproxy.listen.guard import management_resource
 from lmproxy.listen.openai import OpenAiApi
 from lmproxy.listen.sites import ManagementSite
@@ -186,15 +188,26 @@ JSON_BODIES = (
 )
 
 
-@implementer(IAgent)
+@implementer(IAgent, IBackendConnections)
 class NoAgent:
-    """An agent that records every request it is asked for (none may be)."""
+    """
+    An agent that records every request and backend connection it is asked
+    for (none may be).  It hands out its connections, so the OpenAI port is
+    built with its hot path (L{lmproxy.listen.front}), as in production.
+    """
 
     def __init__(self) -> None:
         self.requests: list[tuple[Any, ...]] = []
 
     def request(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
         self.requests.append(args)
+        return Deferred()
+
+    def idle_connection(self, host: str, port: int) -> None:
+        self.requests.append((host, port))
+
+    def new_connection(self, host: str, port: int) -> Deferred[Any]:
+        self.requests.append((host, port))
         return Deferred()
 
 
@@ -221,6 +234,7 @@ class Ports:
         openai = OpenAiApi(self.backends, config, self.agent, self.clock, OPENAI_LIMIT)
         management = ManagementApi(self.backends, config, self.clock)
         self.openai = openai.site()
+        assert isinstance(self.openai, FrontSite)
         self.management = ManagementSite(
             management_resource(management.app.resource(), config), self.clock
         )

@@ -933,9 +933,11 @@ class Wire:
     reads and writes.
     """
 
-    def __init__(self, backends: FakeBackends, max_body_bytes: int = 1000) -> None:
+    def __init__(
+        self, backends: FakeBackends, max_body_bytes: int = 1000, config: Config = CONFIG
+    ) -> None:
         self.reactor = MemoryReactorClock()
-        api = OpenAiApi(backends, CONFIG, backend_agent(self.reactor), self.reactor, max_body_bytes)
+        api = OpenAiApi(backends, config, backend_agent(self.reactor), self.reactor, max_body_bytes)
         self.client = StringTransport()
         self.channel = api.site().buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
         self.channel.makeConnection(self.client)
@@ -1139,8 +1141,8 @@ class WireTests(SynchronousTestCase):
         )
         self.assertEqual(self.backends.counts("chat"), (0, 1))
         self.wire.channel.connectionLost(Failure(ConnectionLost()))
-        # A TCP transport closes the connection when its producing is stopped.
-        self.assertEqual(backend.producerState, "stopped")
+        # Aborted: the backend sees its connection reset, and stops generating.
+        self.assertTrue(backend.disconnected)
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.backends.counts("chat"), (0, 0))
 

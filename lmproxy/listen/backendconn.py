@@ -1,23 +1,25 @@
 """
 One HTTP/1.1 connection to a backend, for L{lmproxy.listen.backendpool}:
-writes a request whose head and body are in one C{write}, parses the
-answer's status line and headers at once, and frames its body by
-C{Content-Length}, chunks, or the end of the connection.
+sends a request whose head and body are in one piece, parses the answer's
+status line and headers at once, and frames its body by C{Content-Length},
+chunks, or the end of the connection.
 
-It keeps twisted.web C{Agent}'s contract where the forwarding path relies on
-it: L{BackendResponse} is an C{IResponse} whose C{headers} lack the
-connection-control ones; its body protocol ends with C{ResponseDone},
-C{PotentialDataLoss} (a body that ends with the connection) or
-C{ResponseFailed}; an exchange that fails before the answer errs with
-C{ResponseNeverReceived} (of a C{CancelledError} when cancelled).
+Whoever sends a request on it gets the answer as a L{ResponseReceiver}: its
+head (status and end-to-end headers: those that say how this connection
+frames the body, and every hop-by-hop one, are kept here), the body's bytes
+as they arrive, and how it ended: C{ResponseDone}, C{PotentialDataLoss} (a
+body that ends with the connection) or C{ResponseFailed}; or, before the
+head, C{ResponseNeverReceived}.  The OpenAI port's hot path
+(L{lmproxy.listen.leanforward}) is one such receiver;
+L{lmproxy.listen.agentresponse} makes the answer an C{IResponse}.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IProtocol, IPushProducer
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -27,92 +29,64 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.http import NO_BODY_CODES
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
 
-# Kept by the connection, never shown in the response's headers (as Agent does).
-_CONNECTION_CONTROL = frozenset(
+from lmproxy.compat.writes import send_now
+
+# Kept by the connection, never shown in the answer's headers: how this
+# connection frames the body, and the rest of RFC 9110's hop-by-hop headers
+# (section 7.6.1; the Proxy-* family is dropped by prefix).
+_HOP_BY_HOP = frozenset(
     {
         b"content-length",
         b"connection",
         b"keep-alive",
         b"te",
+        b"trailer",
         b"trailers",
         b"transfer-encoding",
         b"upgrade",
-        b"proxy-connection",
     }
 )
 
 # A head larger than this is not an HTTP answer lmproxy can relay.
 _MAX_HEAD_BYTES = 64 * 1024
 
+HeaderPairs = list[tuple[bytes, bytes]]
+"""Header names and values, as they came, in order."""
+
 
 class _BadResponse(Exception):
     """The backend's bytes are not an HTTP/1.1 response."""
 
 
-@implementer(IResponse)
-class BackendResponse:
-    """
-    A backend's response whose status and headers are in; its body follows,
-    delivered to the protocol given to L{deliverBody}.  Its body protocol's
-    transport is its L{BackendConnection}, a push producer.
-    """
+class ResponseReceiver(TypingProtocol):
+    """What a request sent on a L{BackendConnection} is answered to."""
 
-    version = (b"HTTP", 1, 1)
-    request = None
-    previousResponse = None
-
-    def __init__(
-        self,
-        code: int,
-        phrase: bytes,
-        headers: Headers,
-        length: int | object,
-        connection: BackendConnection,
+    def response_head(
+        self, code: int, phrase: bytes, headers: HeaderPairs, length: int | None
     ) -> None:
         """
-        @param code: the status code.
+        The status and end-to-end headers are in; the body follows.
+
+        @param code: the status code (never 1xx: those are skipped).
         @param phrase: the reason phrase.
         @param headers: the end-to-end headers.
-        @param length: the body's length, or C{UNKNOWN_LENGTH}.
-        @param connection: the connection that it comes on.
+        @param length: the body's length, or C{None} when it is chunked or
+            ends with the connection.
         """
-        self.code = code
-        self.phrase = phrase
-        self.headers = headers
-        self.length = length
-        self._protocol: IProtocol | None = None
-        self._early: list[bytes] = []
-        self._ended: Failure | None = None
-        self._connection = connection
 
-    def setPreviousResponse(self, response: IResponse) -> None:
-        """Redirects are not followed: there is never a previous response."""
+    def response_data(self, data: bytes) -> None:
+        """Some of the body (unchunked)."""
 
-    def deliverBody(self, protocol: IProtocol) -> None:
-        """Connect C{protocol} to the body: what came already, then the rest."""
-        self._protocol = protocol
-        protocol.makeConnection(self._connection)  # type: ignore[arg-type]  # a push producer
-        for data in self._early:
-            protocol.dataReceived(data)
-        self._early = []
-        if self._ended is not None:
-            protocol.connectionLost(self._ended)
+    def response_end(self, reason: Failure) -> None:
+        """
+        The body is over: C{ResponseDone}, C{PotentialDataLoss} (it ended
+        with the connection, as it said it would), or C{ResponseFailed}.
+        """
 
-    def _data(self, data: bytes) -> None:
-        if self._protocol is None:
-            self._early.append(data)
-        else:
-            self._protocol.dataReceived(data)
-
-    def _end(self, reason: Failure) -> None:
-        if self._protocol is None:
-            self._ended = reason
-        else:
-            self._protocol.connectionLost(reason)
+    def response_never_received(self, reason: Failure) -> None:
+        """The exchange failed before the head was in (C{ResponseNeverReceived})."""
 
 
 @implementer(IPushProducer)
@@ -135,8 +109,8 @@ class BackendConnection(Protocol):
         self._on_idle = idle
         self._on_forget = forget
         self._buffer = b""
-        self._waiting: Deferred[IResponse] | None = None
-        self._response: BackendResponse | None = None
+        self._receiver: ResponseReceiver | None = None
+        self._head_in = False  # the receiver has its head; the body follows
         # Body framing: bytes left of a sized body; of a chunked one, the bytes
         # left of the current chunk, 0 for the CRLF after it, -1 for a size
         # line, -2 for the trailers.
@@ -146,18 +120,21 @@ class BackendConnection(Protocol):
         self._keep_alive = True
         self._paused = False
 
-    def exchange(self, data: bytes) -> Deferred[IResponse]:
-        """Send a whole request; fires with its response once its head is in."""
-        self._waiting = Deferred(self._cancel)
-        self.transport.write(data)  # type: ignore[union-attr]
-        return self._waiting
+    def send(self, data: bytes, receiver: ResponseReceiver) -> None:
+        """
+        Send a whole request (head and body); its answer goes to C{receiver}.
+        """
+        self._receiver = receiver
+        self._head_in = False
+        send_now(self.transport, data)
 
-    def _cancel(self, waiting: Deferred[IResponse]) -> None:
-        self._waiting = None
+    def abandon(self) -> None:
+        """Whoever sent the request has no use for its answer: close, and tell it nothing more."""
+        self._receiver = None
+        self._keep_alive = False
         self.transport.abortConnection()  # type: ignore[union-attr]
-        waiting.errback(ResponseNeverReceived([Failure(CancelledError())]))
 
-    # --- IPushProducer, for the body's protocol -------------------------------
+    # --- IPushProducer, for the body's receiver --------------------------------
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -176,8 +153,8 @@ class BackendConnection(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         try:
-            if self._response is None:
-                if self._waiting is None:
+            if not self._head_in:
+                if self._receiver is None:
                     raise _BadResponse("bytes from an idle backend connection")
                 self._buffer += data
                 self._head()
@@ -208,11 +185,11 @@ class BackendConnection(Protocol):
             # Informational (100 Continue, ...): the answer follows.
         self._start(code, phrase, version == b"HTTP/1.0", lines)
         data, self._buffer = self._buffer, b""
-        if data and self._response is not None:
+        if data and self._head_in:
             self.dataReceived(data)
 
     def _start(self, code: int, phrase: bytes, http10: bool, lines: list[bytes]) -> None:
-        headers = Headers()
+        headers: HeaderPairs = []
         length: int | None = None
         connection = b""
         for line in lines:
@@ -221,7 +198,7 @@ class BackendConnection(Protocol):
                 raise _BadResponse(f"bad header line {line!r}")
             lower = name.strip().lower()
             value = value.strip()
-            if lower in _CONNECTION_CONTROL:
+            if lower in _HOP_BY_HOP or lower.startswith(b"proxy-"):
                 if lower == b"content-length":
                     if not value.isdigit():
                         raise _BadResponse(f"bad Content-Length {value!r}")
@@ -231,7 +208,11 @@ class BackendConnection(Protocol):
                 elif lower == b"connection":
                     connection += b"," + value.lower()
                 continue
-            headers.addRawHeader(name, value)
+            headers.append((name, value))
+        if connection:
+            # Headers the backend's Connection header names are hop-by-hop too.
+            named = {token.strip() for token in connection.split(b",")}
+            headers = [(name, value) for name, value in headers if name.lower() not in named]
         self._keep_alive = b"close" not in connection if not http10 else b"keep-alive" in connection
         if code in NO_BODY_CODES:
             self._chunked, length = False, 0
@@ -241,23 +222,22 @@ class BackendConnection(Protocol):
             self._close_delimited, self._keep_alive = True, False
         else:
             self._left = length
-        response = BackendResponse(
-            code, phrase, headers, UNKNOWN_LENGTH if length is None else length, self
-        )
-        self._response = response
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.callback(response)
-        if length == 0:
+        self._head_in = True
+        receiver = self._receiver
+        if receiver is not None:
+            receiver.response_head(code, phrase, headers, length)
+        if length == 0 and self._head_in:
             if self._buffer:
                 self._keep_alive = False  # bytes after the answer: not reusable
             self._done()
 
+    def _data(self, data: bytes) -> None:
+        if self._receiver is not None:
+            self._receiver.response_data(data)
+
     def _sized(self, data: bytes) -> None:
-        response = self._response
-        assert response is not None
         if self._close_delimited:
-            response._data(data)
+            self._data(data)
             return
         if len(data) >= self._left:
             if len(data) > self._left:
@@ -265,16 +245,15 @@ class BackendConnection(Protocol):
             data = data[: self._left]
             self._left = 0
             if data:
-                response._data(data)
-            self._done()
+                self._data(data)
+            if self._head_in:  # the receiver may have abandoned it meanwhile
+                self._done()
             return
         self._left -= len(data)
-        response._data(data)
+        self._data(data)
 
     def _chunks(self) -> None:
-        response = self._response
-        assert response is not None
-        while self._response is not None:
+        while self._head_in:
             if self._left == -1:  # a chunk-size line
                 end = self._buffer.find(b"\r\n")
                 if end < 0:
@@ -310,13 +289,14 @@ class BackendConnection(Protocol):
                 data = self._buffer[: self._left]
                 self._buffer = self._buffer[len(data) :]
                 self._left -= len(data)
-                response._data(data)
+                self._data(data)
 
     # --- Ends ------------------------------------------------------------------
 
     def _done(self) -> None:
         """The response is complete: back to the pool, or closed."""
-        response, self._response = self._response, None
+        receiver, self._receiver = self._receiver, None
+        self._head_in = False
         self._buffer, self._chunked = b"", False
         if self._paused:
             self.resumeProducing()
@@ -324,8 +304,8 @@ class BackendConnection(Protocol):
             self._on_idle(self)
         else:
             self.transport.loseConnection()  # type: ignore[union-attr]
-        assert response is not None
-        response._end(Failure(ResponseDone()))
+        if receiver is not None:
+            receiver.response_end(Failure(ResponseDone()))
 
     def _fail(self, reason: Failure) -> None:
         """The exchange is broken: close the connection, tell whoever waits."""
@@ -334,15 +314,16 @@ class BackendConnection(Protocol):
         self._lost(reason)
 
     def _lost(self, reason: Failure) -> None:
-        waiting, self._waiting = self._waiting, None
-        response, self._response = self._response, None
-        if waiting is not None:
-            waiting.errback(ResponseNeverReceived([reason]))
-        elif response is not None:
-            if self._close_delimited:
-                response._end(Failure(PotentialDataLoss()))
-            else:
-                response._end(Failure(ResponseFailed([reason])))
+        receiver, self._receiver = self._receiver, None
+        head_in, self._head_in = self._head_in, False
+        if receiver is None:
+            return
+        if not head_in:
+            receiver.response_never_received(Failure(ResponseNeverReceived([reason])))
+        elif self._close_delimited:
+            receiver.response_end(Failure(PotentialDataLoss()))
+        else:
+            receiver.response_end(Failure(ResponseFailed([reason])))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._on_forget(self)

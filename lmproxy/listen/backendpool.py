@@ -14,6 +14,7 @@ C{HEAD}.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
@@ -24,12 +25,13 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
 )
-from twisted.internet.interfaces import IProtocol, IReactorTCP, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTCP, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
+from lmproxy.listen.agentresponse import AgentReceiver
 from lmproxy.listen.backendconn import BackendConnection
 
 MAX_IDLE_PER_HOST = 128
@@ -82,7 +84,59 @@ def _endpoint(reactor: IReactorTCP, host: str, port: int) -> IStreamClientEndpoi
     return HostnameEndpoint(reactor, host.encode("idna"), port)
 
 
-@implementer(IAgent)
+def request_bytes(
+    method: bytes,
+    target: bytes,
+    authority: bytes,
+    headers: Iterable[tuple[bytes, bytes]],
+    body: bytes,
+) -> bytes:
+    """
+    A whole HTTP/1.1 request in one piece: its head, with C{Host} and
+    C{Content-Length} of lmproxy's own, then its body.
+
+    @param method: the method.
+    @param target: the request target (path and query).
+    @param authority: the backend's C{host[:port]}, for C{Host}.
+    @param headers: the end-to-end headers to send (never C{Host} nor
+        C{Content-Length}).
+    @param body: the whole body.
+    """
+    lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, authority)]
+    lines.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
+    lines.append(b"Content-Length: %d\r\n\r\n" % len(body))
+    lines.append(body)
+    return b"".join(lines)
+
+
+def authority(host: str, port: int) -> bytes:
+    """The C{Host} header of a backend at C{host:port} (an IP address or a name)."""
+    name = b"[%s]" % host.encode("ascii") if ":" in host else host.encode("ascii")
+    return name if port == 80 else name + b":%d" % port
+
+
+def _exchange(connection: BackendConnection, data: bytes) -> Deferred[IResponse]:
+    """Send a whole request on C{connection}; fires with its response once its head is in."""
+    receiver = AgentReceiver(connection)
+    connection.send(data, receiver)
+    return receiver.waiting
+
+
+class IBackendConnections(Interface):
+    """Connections to backends, kept open between requests."""
+
+    def idle_connection(host: str, port: int) -> BackendConnection | None:
+        """An idle connection to C{host:port}, taken from the pool, if any."""
+
+    def new_connection(host: str, port: int) -> Deferred[BackendConnection]:
+        """
+        A new connection to C{host:port}, which the pool takes back once an
+        answer on it is over (unless it must close); errs with the
+        endpoint's C{ConnectError}.
+        """
+
+
+@implementer(IAgent, IBackendConnections)
 class BackendAgent:
     """
     Sends each request on an idle connection to its backend, or a new one.
@@ -108,31 +162,28 @@ class BackendAgent:
         L{lmproxy.listen.httpforward.BytesProducer} does), or none.
         """
         host, port, target = _split(uri)
-        authority = b"[%s]" % host.encode("ascii") if ":" in host else host.encode("ascii")
-        if port != 80:
-            authority += b":%d" % port
         body: bytes = getattr(bodyProducer, "body", b"")
-        lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, authority)]
-        if headers is not None:
-            for name, values in headers.getAllRawHeaders():
-                for value in values:
-                    lines.append(b"%s: %s\r\n" % (name, value))
-        if bodyProducer is not None:
-            lines.append(b"Content-Length: %d\r\n" % len(body))
-        lines.append(b"\r\n")
-        lines.append(body)
-        data = b"".join(lines)
-        key = (host, port)
-        idle = self._pools.get(key)
-        if idle:
-            return idle.pop().exchange(data)
-        connecting = _endpoint(self._reactor, host, port).connect(_ConnectionFactory(self, key))
+        pairs = [] if headers is None else headers.getAllRawHeaders()
+        data = request_bytes(
+            method,
+            target,
+            authority(host, port),
+            ((name, value) for name, values in pairs for value in values),
+            body,
+        )
+        idle = self.idle_connection(host, port)
+        if idle is not None:
+            return _exchange(idle, data)
+        return self.new_connection(host, port).addCallback(_exchange, data)
 
-        def exchange(connection: IProtocol) -> Deferred[IResponse]:
-            assert isinstance(connection, BackendConnection)
-            return connection.exchange(data)
+    def idle_connection(self, host: str, port: int) -> BackendConnection | None:
+        idle = self._pools.get((host, port))
+        return idle.pop() if idle else None
 
-        return connecting.addCallback(exchange)
+    def new_connection(self, host: str, port: int) -> Deferred[BackendConnection]:
+        factory = _ConnectionFactory(self, (host, port))
+        connecting = _endpoint(self._reactor, host, port).connect(factory)
+        return connecting  # type: ignore[return-value]  # the factory builds BackendConnections
 
     def _idle(self, key: tuple[str, int], connection: BackendConnection) -> None:
         idle = self._pools.setdefault(key, [])

@@ -29,19 +29,34 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
 from lmproxy.config import Config, Secret, normalize_origin
 from lmproxy.listen.jsonerrors import JSON_CONTENT_TYPE, encode
 from lmproxy.listen.sites import BodyLimitedRequest, BodyLimitedSite
+
+
+class HeaderLookup(Protocol):
+    """
+    A request's headers as the checks read them: twisted.web's C{Headers},
+    or the hot path's L{lmproxy.listen.requesthead.RequestHead}.
+    """
+
+    def getRawHeaders(self, name: bytes) -> Sequence[bytes] | None:
+        """Every value of header C{name} (any case), or C{None}."""
+
+
+def last_value(headers: HeaderLookup, name: bytes) -> bytes | None:
+    """The last value of header C{name}, as twisted.web's C{getHeader} gives it."""
+    values = headers.getRawHeaders(name)
+    return values[-1] if values else None
 
 
 @frozen
@@ -89,7 +104,7 @@ class KeyCheck:
         self._digests = [_digest(key.value.encode("utf-8")) for key in keys]
         self._config_key = config_key
 
-    def refusal(self, headers: Headers) -> Refusal | None:
+    def refusal(self, headers: HeaderLookup) -> Refusal | None:
         """
         @param headers: the request's headers.
         @return: a 401 unless no key is needed or the request brings one.
@@ -119,7 +134,7 @@ def _digest(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()
 
 
-def _given_keys(headers: Headers) -> list[bytes]:
+def _given_keys(headers: HeaderLookup) -> list[bytes]:
     """The keys a request brings: its last C{Authorization: Bearer} and C{x-api-key}."""
     keys = []
     authorization = headers.getRawHeaders(b"authorization")
@@ -254,7 +269,7 @@ class GatedRequest(BodyLimitedRequest):
         if self.answered_early:
             return
         site: GatedSite = self.channel.site
-        refusal = site.gate(self)
+        refusal = site.gate(self.requestHeaders)
         if refusal is not None:
             self.refuse(refusal.status, refusal.message, refusal.code, refusal.headers())
 
@@ -263,8 +278,8 @@ class GatedSite(BodyLimitedSite):
     """
     A L{BodyLimitedSite} whose requests are L{GatedRequest}s.
 
-    @ivar gate: gives, for a request whose headers are in, why it is
-        refused, or C{None} to let it through.
+    @ivar gate: gives, for the headers of a request (once they are in), why
+        it is refused, or C{None} to let it through.
     """
 
     requestFactory = GatedRequest
@@ -274,7 +289,7 @@ class GatedSite(BodyLimitedSite):
         resource: IResource,
         max_body_bytes: int,
         clock: IReactorTime,
-        gate: Callable[[IRequest], Refusal | None],
+        gate: Callable[[HeaderLookup], Refusal | None],
     ) -> None:
         """
         @param resource: the root resource.

@@ -1,16 +1,18 @@
 """
 Forward one HTTP request to a backend and relay its response as it arrives.
 
-The OpenAI listener (L{lmproxy.listen.openai}) terminates HTTP and forwards each
-request on its own through an C{IAgent} (in production a
+The OpenAI listener's twisted.web routes (L{lmproxy.listen.openai}) forward
+each request on its own through an C{IAgent} (in production a
 L{lmproxy.listen.backendpool.BackendAgent}, on pooled connections).  This
-module is the byte-moving half of that: hop-by-hop header filtering, the
-request body producer, and the response relay that streams the backend's
-body to the client with flow control.
+module is the byte-moving half of that: the request body producer, and the
+response relay that streams the backend's body to the client with flow
+control; and the hop-by-hop header filtering that the hot path
+(L{lmproxy.listen.leanforward}) shares.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import cast
 
 from twisted.internet.defer import Deferred, succeed
@@ -42,9 +44,11 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# Not passed to the backend either: the agent writes its own Host and
-# Content-Length, and twisted.web has already answered any Expect: 100-continue.
-_REQUEST_ONLY = frozenset({b"host", b"content-length", b"expect"})
+REQUEST_ONLY = frozenset({b"host", b"content-length", b"expect"})
+"""
+Not passed to the backend either: lmproxy writes its own Host and
+Content-Length, and has answered any C{Expect: 100-continue} itself.
+"""
 
 
 def end_to_end_headers(headers: Headers, also_drop: frozenset[bytes] = frozenset()) -> Headers:
@@ -63,21 +67,26 @@ def end_to_end_headers(headers: Headers, also_drop: frozenset[bytes] = frozenset
 
 def _copy_end_to_end(headers: Headers, into: Headers, also_drop: frozenset[bytes]) -> None:
     """Set the end-to-end headers of C{headers} on C{into} (see L{end_to_end_headers})."""
-    named = {
-        token.strip().lower()
-        for value in headers.getRawHeaders(b"connection", [])
-        for token in value.split(b",")
-    }
+    named = connection_named(headers.getRawHeaders(b"connection", []))
     for name, values in headers.getAllRawHeaders():
-        lower = name.lower()
-        if (
-            lower in HOP_BY_HOP
-            or lower.startswith(b"proxy-")
-            or lower in named
-            or lower in also_drop
-        ):
-            continue
-        into.setRawHeaders(name, list(values))
+        if end_to_end(name.lower(), named, also_drop):
+            into.setRawHeaders(name, list(values))
+
+
+def connection_named(values: Iterable[bytes]) -> set[bytes]:
+    """The lowercase tokens of C{Connection} header values: more hop-by-hop headers."""
+    return {token.strip().lower() for value in values for token in value.split(b",")}
+
+
+def end_to_end(lower: bytes, named: set[bytes], also_drop: frozenset[bytes]) -> bool:
+    """
+    Whether the header whose lowercase name is C{lower} goes on to the next
+    hop: it is none of L{HOP_BY_HOP}, no C{Proxy-*} header, none that the
+    C{Connection} header C{named}, and not in C{also_drop}.
+    """
+    return not (
+        lower in HOP_BY_HOP or lower.startswith(b"proxy-") or lower in named or lower in also_drop
+    )
 
 
 @implementer(IBodyProducer)
@@ -136,7 +145,7 @@ def send(agent: IAgent, request: Request, host: str, port: int, body: bytes) -> 
     """
     authority = f"[{host}]" if ":" in host else host
     url = b"http://%s:%d%s" % (authority.encode("ascii"), port, request.uri)
-    headers = end_to_end_headers(request.requestHeaders, _REQUEST_ONLY)
+    headers = end_to_end_headers(request.requestHeaders, REQUEST_ONLY)
     return agent.request(request.method, url, headers, BytesProducer(body))
 
 

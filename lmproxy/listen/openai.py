@@ -17,8 +17,8 @@ read, and L{lmproxy.listen.jsonerrors} builds its JSON answers.
 
 from __future__ import annotations
 
+import inspect
 import json
-import math
 from itertools import chain
 from typing import Any
 
@@ -40,8 +40,18 @@ from werkzeug.sansio.multipart import NEED_DATA, Data, Epilogue, Field, Multipar
 
 from lmproxy.config import DEFAULT_OPENAI_MAX_BODY_BYTES, Config
 from lmproxy.interfaces import IBackends, ServiceUnavailable
+from lmproxy.listen import forwarderrors
+from lmproxy.listen.backendpool import IBackendConnections
 from lmproxy.listen.exactroutes import ExactRoutes
-from lmproxy.listen.guard import GatedSite, KeyCheck, Refusal, origin_refusal
+from lmproxy.listen.frontsite import FrontSite
+from lmproxy.listen.guard import (
+    GatedSite,
+    HeaderLookup,
+    KeyCheck,
+    Refusal,
+    last_value,
+    origin_refusal,
+)
 from lmproxy.listen.httpforward import relay, send
 from lmproxy.listen.jsonerrors import (
     JsonErrorsKlein,
@@ -49,6 +59,7 @@ from lmproxy.listen.jsonerrors import (
     json_response,
     model_not_found,
 )
+from lmproxy.listen.leanforward import LeanRoutes
 from lmproxy.logs import debugging, log_observer
 
 # Through log_observer: the per-request debug line only with LogLevel Debug.
@@ -112,20 +123,43 @@ class OpenAiApi:
         known, before reading it: the routes rely on it for the limit; and it
         refuses strangers (L{gate}) as soon as the headers are in.  The
         routes without arguments skip werkzeug's matching (L{ExactRoutes}).
+
+        When the agent also hands out its connections
+        (L{IBackendConnections}), the site is a L{FrontSite}: the JSON
+        inference routes take a hot path past twisted.web
+        (L{lmproxy.listen.leanforward}), which answers as these routes do.
         """
         resource = ExactRoutes(self.app, self.app.resource(), self.internal_error)
-        return GatedSite(resource, self._max_body_bytes, self._clock, self.gate)
+        if not IBackendConnections.providedBy(self._agent):
+            return GatedSite(resource, self._max_body_bytes, self._clock, self.gate)
+        routes = LeanRoutes(
+            self._backends,
+            IBackendConnections(self._agent),
+            self._clock,
+            self.json_paths(),
+            self._services_by_model,
+            self.gate,
+            self._max_body_bytes,
+        )
+        return FrontSite(resource, self._max_body_bytes, self._clock, self.gate, routes)
 
-    def gate(self, request: IRequest) -> Refusal | None:
+    def json_paths(self) -> frozenset[bytes]:
+        """The paths of the routes that take a JSON body (L{json_inference})."""
+        endpoints = self.app.endpoints
+        return frozenset(
+            rule.rule.encode("ascii")
+            for rule in self.app.url_map.iter_rules()
+            if inspect.unwrap(endpoints[rule.endpoint]) is OpenAiApi.json_inference
+        )
+
+    def gate(self, headers: HeaderLookup) -> Refusal | None:
         """
         Why a request whose headers are in is refused, before anything
         starts: a browser request from a page whose origin is not allowed
         (403), or a request without one of the port's API keys (401).
         """
-        origin, host = request.getHeader(b"origin"), request.getHeader(b"host")
-        return origin_refusal(origin, host, self._origins) or self._keys.refusal(
-            request.requestHeaders
-        )
+        origin, host = last_value(headers, b"origin"), last_value(headers, b"host")
+        return origin_refusal(origin, host, self._origins) or self._keys.refusal(headers)
 
     # --- Model list -----------------------------------------------------------
 
@@ -217,7 +251,7 @@ class OpenAiApi:
         try:
             lease = await self._backends.acquire(service)
         except ServiceUnavailable as e:
-            return _unavailable(request, service, e)
+            return forwarderrors.unavailable(service, e).render(request)
         try:
             while True:
                 try:
@@ -236,11 +270,9 @@ class OpenAiApi:
                     lease = await lease.reconnect()
             await relay(response, request, service)
         except ServiceUnavailable as e:
-            return _unavailable(request, service, e)
+            return forwarderrors.unavailable(service, e).render(request)
         except _CONNECT_ERRORS as e:
-            message = f"Could not connect to service {service!r}: {e}"
-            log.info("{message}", message=message)
-            return error_response(request, 503, message, "server_error", code="service_unavailable")
+            return forwarderrors.connect_failed(service, e).render(request)
         except _EXCHANGE_ERRORS as e:
             if _cancelled(e):
                 # The client left (Klein cancelled us): nobody to answer.
@@ -251,9 +283,7 @@ class OpenAiApi:
                     service=service,
                 )
                 raise CancelledError() from None
-            message = f"Service {service!r} closed the connection without a response."
-            log.warn("{message} ({why})", message=message, why=str(e))
-            return error_response(request, 502, message, "server_error", code="bad_gateway")
+            return forwarderrors.no_response(service, e).render(request)
         finally:
             # The lease of a failed reconnect() was released by it; release is idempotent.
             lease.release()
@@ -345,21 +375,3 @@ def _cancelled(error: Exception) -> bool:
     """Whether C{error} is the backend exchange ending because we cancelled it."""
     reasons = getattr(error, "reasons", None) or []
     return bool(reasons) and all(reason.check(CancelledError) for reason in reasons)
-
-
-def _unavailable(request: IRequest, service: str, error: ServiceUnavailable) -> bytes:
-    """
-    OpenAI's 503 for a service that cannot serve now: the reason and the last
-    lines its server wrote, when to retry (C{Retry-After}, the back-off after a
-    failed start), and C{x-should-retry: false} when retrying cannot help (the
-    header OpenAI's SDKs obey), so that they do not retry a broken model.
-    """
-    log.info("Request for {service} failed: {why}", service=service, why=str(error))
-    message = str(error)
-    if error.output_tail:
-        message += "\nLast output of the server:\n" + "\n".join(error.output_tail)
-    if error.retry_after is not None:
-        request.setHeader(b"retry-after", b"%d" % max(1, math.ceil(error.retry_after)))
-    if not error.retryable:
-        request.setHeader(b"x-should-retry", b"false")
-    return error_response(request, 503, message, "server_error", code="service_unavailable")

@@ -26,6 +26,7 @@ not read; see L{lmproxy.listen.httpforward}).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall
@@ -45,6 +46,43 @@ IDLE_SECONDS = 60.0
 """A keep-alive connection may wait this long for its next request (twisted.web's default)."""
 
 
+HEADERS_LATE = f"The request headers did not arrive within {HEADERS_SECONDS:g} s."
+"""The message of a 408 for headers too slow."""
+
+BODY_LATE = (
+    f"The request body stalled for {BODY_STALL_SECONDS:g} s or arrived slower than "
+    f"{BODY_MIN_BYTES_PER_SECOND} bytes a second."
+)
+"""The message of a 408 for a body too slow."""
+
+
+def body_deadline(began: float, last_byte: float, received: int) -> float:
+    """
+    When a body that is still coming is too slow: the earlier of its stall
+    bound and its rate bound.
+
+    @param began: when its headers were in.
+    @param last_byte: when its last byte came.
+    @param received: how many of its bytes came.
+    """
+    stall_ends = last_byte + BODY_STALL_SECONDS
+    rate_ends = began + BODY_STALL_SECONDS + received / BODY_MIN_BYTES_PER_SECOND
+    return min(stall_ends, rate_ends)
+
+
+def timeout_answer(site: Any, message: str) -> list[bytes]:
+    """
+    The whole 408 answer to a request too slow, in C{site}'s error shape
+    (its C{error_answer}); it closes the connection.
+    """
+    headers, body = site.error_answer(message, "request_timeout")
+    lines = [b"HTTP/1.1 408 Request Timeout\r\n"]
+    lines.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
+    lines.append(b"\r\n")
+    lines.append(body)
+    return lines
+
+
 class GuardedChannel(HTTPChannel):
     """
     An C{HTTPChannel} that times its client's requests out as the module
@@ -55,6 +93,8 @@ class GuardedChannel(HTTPChannel):
     """
 
     site: Any  # a BodyLimitedSite, set by Site.buildProtocol
+    on_answered: Callable[[], None] | None = None
+    """Called once each request is answered (for L{lmproxy.listen.front}, which feeds it)."""
     _phase = "idle"  # then "headers", "body", "answering", and back to "idle"
     _deadline: IDelayedCall | None = None
     _body_began = 0.0
@@ -94,6 +134,8 @@ class GuardedChannel(HTTPChannel):
         """The answer is over: the next request's clock starts at its first byte."""
         if self._phase == "answering":
             self._phase = "idle"
+            if self.on_answered is not None:
+                self.on_answered()
 
     def loseConnection(self) -> None:
         """
@@ -133,33 +175,22 @@ class GuardedChannel(HTTPChannel):
 
     def _headers_late(self) -> None:
         self._deadline = None
-        self._time_out(f"The request headers did not arrive within {HEADERS_SECONDS:g} s.")
+        self._time_out(HEADERS_LATE)
 
     def _check_body(self) -> None:
         """Re-arm for the earlier of the two bounds, or time out once one is passed."""
         self._deadline = None
         now = self._now()
-        stall_ends = self._last_byte + BODY_STALL_SECONDS
-        rate_ends = (
-            self._body_began + BODY_STALL_SECONDS + self._body_bytes / BODY_MIN_BYTES_PER_SECOND
-        )
-        ends = min(stall_ends, rate_ends)
+        ends = body_deadline(self._body_began, self._last_byte, self._body_bytes)
         if now < ends:
             self._arm(ends - now, self._check_body)
             return
-        self._time_out(
-            f"The request body stalled for {BODY_STALL_SECONDS:g} s or arrived slower than "
-            f"{BODY_MIN_BYTES_PER_SECOND} bytes a second."
-        )
+        self._time_out(BODY_LATE)
 
     def _time_out(self, message: str) -> None:
         """Answer 408 (nothing was answered yet: the request is not complete) and close."""
         self._phase = "closed"
-        headers, body = self.site.error_answer(message, "request_timeout")
-        lines = [b"HTTP/1.1 408 Request Timeout\r\n"]
-        lines.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
-        lines.append(b"\r\n")
-        lines.append(body)
+        lines = timeout_answer(self.site, message)
         assert self.transport is not None
         self.transport.writeSequence(lines)
         self.setTimeout(None)  # twisted.web's idle timeout: this one replaces it

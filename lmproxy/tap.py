@@ -37,6 +37,7 @@ from lmproxy.listen.sockets import ListeningSocket, PortsUnavailable, port_keys,
 from lmproxy.listen.tcp import ServiceProxyFactory
 from lmproxy.logs import log_observer, set_log_level
 from lmproxy.quitsignals import QuitSignals
+from lmproxy.requeststats import RequestStats
 from lmproxy.shutdown import ShutdownSignals
 
 if TYPE_CHECKING:
@@ -135,11 +136,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             factory = ServiceProxyFactory(supervisor, service, config.client_buffer_limit, reactor)
             listen(service.listen_port, factory)
     sites: list[LazySite] = []
+    # Counted by the OpenAI port, shown on the management API's /metrics.
+    requests = RequestStats(service.name for service in config.services if service.openai_api)
     if config.openai_listen_port is not None:
-        sites.append(LazySite(lambda: _openai_site(supervisor, config, reactor)))
+        sites.append(LazySite(lambda: _openai_site(supervisor, config, reactor, requests)))
         listen(config.openai_listen_port, sites[-1])
     if config.management_listen_port is not None:
-        sites.append(LazySite(lambda: _management_site(supervisor, config, reactor)))
+        sites.append(LazySite(lambda: _management_site(supervisor, config, reactor, requests)))
         listen(config.management_listen_port, sites[-1])
     for site in sites:
         # Built on the reactor's first turn: after every port listens, before
@@ -193,19 +196,23 @@ def _prebuild(site: LazySite, signals: ShutdownSignals) -> None:
         site.site()
 
 
-def _openai_site(supervisor: Supervisor, config: Config, reactor: Any) -> Site:
+def _openai_site(
+    supervisor: Supervisor, config: Config, reactor: Any, requests: RequestStats
+) -> Site:
     from lmproxy.listen.httpforward import backend_agent
     from lmproxy.listen.openai import OpenAiApi
 
     agent = backend_agent(reactor)
-    api = OpenAiApi(supervisor, config, agent, reactor, config.openai_max_body_bytes)
+    api = OpenAiApi(supervisor, config, agent, reactor, config.openai_max_body_bytes, requests)
     return api.site()
 
 
-def _management_site(supervisor: Supervisor, config: Config, reactor: Any) -> Site:
+def _management_site(
+    supervisor: Supervisor, config: Config, reactor: Any, requests: RequestStats
+) -> Site:
     from lmproxy.listen.guard import management_resource
     from lmproxy.listen.sites import ManagementSite
     from lmproxy.manage.api import ManagementApi
 
-    api = ManagementApi(supervisor, config, reactor)
+    api = ManagementApi(supervisor, config, reactor, requests=requests)
     return ManagementSite(management_resource(api.app.resource(), config), reactor)

@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -23,6 +24,7 @@ from twisted.web.client import (
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+from zope.interface import implementer
 
 from lmproxy.listen.backendpool import BackendAgent
 from lmproxy.listen.httpforward import BytesProducer
@@ -40,6 +42,16 @@ class Body(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.ended = reason
+
+
+@implementer(ITCPTransport)
+class TCPStringTransport(StringTransport):
+    """A C{StringTransport} that says it is TCP, and records TCP_NODELAY."""
+
+    no_delay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
 
 
 class BackendAgentTests(SynchronousTestCase):
@@ -70,6 +82,14 @@ class BackendAgentTests(SynchronousTestCase):
         body = Body()
         response.deliverBody(body)
         return response, body, protocol, transport
+
+    def test_no_nagle_delay(self) -> None:
+        """A backend connection over TCP asks for TCP_NODELAY."""
+        self.send()
+        host, port, factory, _, _ = self.reactor.tcpClients[-1]
+        transport = TCPStringTransport()
+        factory.buildProtocol(IPv4Address("TCP", host, port)).makeConnection(transport)
+        self.assertTrue(transport.no_delay)
 
     def test_request_bytes(self) -> None:
         """The head and body go in one write, with Host and Content-Length."""

@@ -342,6 +342,15 @@ class OpenAiPortTests(TestCase):
             self.assertIn("status 3", error.message)
         self.assertEqual(len(_started_pids(lmproxy, "broken")), 1, "a single process spawned")
         self.assertIn("[broken/stdout] giving up", lmproxy.output)
+        # /metrics counted the four answers, and nothing waits any more.
+        _, _, body = await http("GET", f"http://127.0.0.1:{management}/metrics")
+        metrics = body.decode("utf-8")
+        self.assertIn(
+            'lmproxy_openai_requests_total{code="503",model="broken",service="broken"} 4.0',
+            metrics,
+        )
+        self.assertIn('lmproxy_openai_requests_waiting{service="broken"} 0.0', metrics)
+        self.assertIn('lmproxy_openai_request_wait_seconds_count{service="broken"} 0.0', metrics)
         self.assertEqual(await lmproxy.stop(), 0)
 
     async def test_bad_requests_start_nothing(self) -> None:

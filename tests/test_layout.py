@@ -14,7 +14,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.harness import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "lmproxy"
-SHARED = {"lmproxy.logs", "lmproxy.lines", "lmproxy.timers", "lmproxy.openai_errors"}
+SHARED = {
+    "lmproxy.logs",
+    "lmproxy.lines",
+    "lmproxy.timers",
+    "lmproxy.openai_errors",
+    "lmproxy.requeststats",
+}
 # What each room may import of lmproxy, besides itself.
 ALLOWED = {
     "lmproxy.interfaces": set(),

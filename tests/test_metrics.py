@@ -161,14 +161,14 @@ class MetricsTests(ApiCase):
         self.backends.resource_changes["RAM"] = {"measured": 30, "free": 26}
         self.assertEqual(self.value("lmproxy_resource_in_use", resource="VRAM"), 10)
         self.assertEqual(self.value("lmproxy_resource_free", resource="VRAM"), 14)
-        self.assertEqual(self.value("lmproxy_resource_total", resource="VRAM"), 24)
+        self.assertEqual(self.value("lmproxy_resource_amount", resource="VRAM"), 24)
         self.assertEqual(self.value("lmproxy_resource_free", resource="RAM"), 26)
         self.assertEqual(self.value("lmproxy_resource_available", resource="VRAM"), 14)
         self.assertEqual(self.value("lmproxy_resource_measured", resource="RAM"), 30)
         self.assertEqual(self.value("lmproxy_resource_usage", resource="VRAM", service=ALPHA), 10)
         families = self.scrape()
         self.assertEqual(
-            [s.labels["resource"] for s in families["lmproxy_resource_total"]], ["VRAM"]
+            [s.labels["resource"] for s in families["lmproxy_resource_amount"]], ["VRAM"]
         )
         self.assertEqual(
             self.value("lmproxy_resource_reserved_by_starting_services", resource="VRAM"), 0

@@ -937,7 +937,9 @@ class Wire:
         self, backends: FakeBackends, max_body_bytes: int = 1000, config: Config = CONFIG
     ) -> None:
         self.reactor = MemoryReactorClock()
-        api = OpenAiApi(backends, config, backend_agent(self.reactor), self.reactor, max_body_bytes)
+        self.api = api = OpenAiApi(
+            backends, config, backend_agent(self.reactor), self.reactor, max_body_bytes
+        )
         self.client = StringTransport()
         self.channel = api.site().buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
         self.channel.makeConnection(self.client)

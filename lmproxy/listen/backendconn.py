@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -119,6 +119,11 @@ class BackendConnection(Protocol):
         self._close_delimited = False
         self._keep_alive = True
         self._paused = False
+
+    def connectionMade(self) -> None:
+        """No Nagle delay: a streamed request or answer goes out as it is written."""
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
 
     def send(self, data: bytes, receiver: ResponseReceiver) -> None:
         """

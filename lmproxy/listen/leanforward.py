@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -41,10 +42,28 @@ from lmproxy.listen.guard import HeaderLookup, Refusal
 from lmproxy.listen.httpforward import REQUEST_ONLY, connection_named, end_to_end
 from lmproxy.listen.requesthead import RequestHead
 from lmproxy.logs import debugging, log_observer
+from lmproxy.requeststats import CLIENT_LEFT, RequestStats, RequestTally
 
 log = Logger(observer=log_observer)
 
 _CONNECT_ERRORS = (ConnectError, DNSLookupError)
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarding:
+    """
+    What every forwarded request of the port uses.
+
+    @ivar backends: hands out running backends.
+    @ivar connections: the pooled backend connections.
+    @ivar clock: times requests.
+    @ivar stats: counts them.
+    """
+
+    backends: IBackends
+    connections: IBackendConnections
+    clock: IReactorTime
+    stats: RequestStats
 
 
 class LeanRoutes:
@@ -54,9 +73,7 @@ class LeanRoutes:
     within the port's limit, and nothing the gate refuses.  Everything else
     is twisted.web's.
 
-    @param backends: hands out running backends.
-    @param connections: the pooled backend connections.
-    @param clock: times requests for the log.
+    @param forwarding: what forwarding takes.
     @param paths: the hot paths.
     @param services: the service of each model id.
     @param gate: the port's gate (L{lmproxy.listen.openai.OpenAiApi.gate}).
@@ -65,17 +82,13 @@ class LeanRoutes:
 
     def __init__(
         self,
-        backends: IBackends,
-        connections: IBackendConnections,
-        clock: IReactorTime,
+        forwarding: Forwarding,
         paths: frozenset[bytes],
         services: dict[str, str],
         gate: Callable[[HeaderLookup], Refusal | None],
         max_body_bytes: int,
     ) -> None:
-        self._backends = backends
-        self._connections = connections
-        self._clock = clock
+        self._forwarding = forwarding
         self._paths = paths
         self._services = services
         self._gate = gate
@@ -96,13 +109,14 @@ class LeanRoutes:
 
     def forward(self, channel: FrontChannel, head: RequestHead, body: bytes, raw: bytes) -> None:
         """Forward a request whose model names a service; give back any other."""
-        service = self._service(body)
-        if service is None:
+        model = self._model(body)
+        service = None if model is None else self._services.get(model)
+        if model is None or service is None:
             channel.fall_back(raw)
             return
-        LeanExchange(self._backends, self._connections, self._clock, channel, head, body, service)
+        LeanExchange(self._forwarding, channel, head, body, service, model)
 
-    def _service(self, body: bytes) -> str | None:
+    def _model(self, body: bytes) -> str | None:
         try:
             document = json.loads(body)
         except (ValueError, RecursionError):
@@ -110,7 +124,7 @@ class LeanRoutes:
         if not isinstance(document, dict):
             return None
         model = document.get("model")
-        return self._services.get(model) if isinstance(model, str) else None
+        return model if isinstance(model, str) else None
 
 
 def _forwarded_headers(head: RequestHead) -> HeaderPairs:
@@ -131,25 +145,23 @@ class LeanExchange:
 
     def __init__(
         self,
-        backends: IBackends,
-        connections: IBackendConnections,
-        clock: IReactorTime,
+        forwarding: Forwarding,
         channel: FrontChannel,
         head: RequestHead,
         body: bytes,
         service: str,
+        model: str,
     ) -> None:
         """
-        @param backends: hands out running backends.
-        @param connections: the pooled backend connections.
-        @param clock: times the request for the log.
+        @param forwarding: what forwarding takes.
         @param channel: the client's connection.
         @param head: the request's head.
         @param body: its body.
         @param service: the service its model names.
+        @param model: the model it names.
         """
-        self._connections = connections
-        self._clock = clock
+        self._connections = forwarding.connections
+        self._clock = clock = forwarding.clock
         self._channel = channel
         self._head = head
         self._body = body
@@ -164,8 +176,9 @@ class LeanExchange:
         self._sized = False
         self._code = 0
         self._over = False
+        self._tally = RequestTally(forwarding.stats.of(service), model, self._began)
         channel.exchange = self
-        acquiring = backends.acquire(service)
+        acquiring = forwarding.backends.acquire(service)
         self._wait(acquiring, self._leased, self._unavailable)
 
     def _wait(
@@ -195,6 +208,7 @@ class LeanExchange:
             lease.release()
             return
         self._lease = lease
+        self._tally.leased(self._clock.seconds())
         connection = self._connections.idle_connection(lease.host, lease.port)
         if connection is not None:
             self._send(connection)
@@ -254,6 +268,7 @@ class LeanExchange:
         self, code: int, phrase: bytes, headers: HeaderPairs, length: int | None
     ) -> None:
         self._code = code
+        self._tally.first_byte(self._clock.seconds())
         lines = [b"HTTP/1.1 %d %s\r\n" % (code, phrase or RESPONSES.get(code, b""))]
         lines.extend(b"%s: %s\r\n" % pair for pair in headers)
         if code in NO_BODY_CODES:
@@ -329,6 +344,7 @@ class LeanExchange:
             path=self._head.path.decode("latin-1"),
             service=self._service,
         )
+        self._tally.done(CLIENT_LEFT)
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.cancel()
@@ -341,6 +357,7 @@ class LeanExchange:
         """Answer with an error of lmproxy's own."""
         self._channel.send(b"".join([*answer.head_lines(not self._keep_alive), answer.body]))
         self._code = answer.status
+        self._tally.first_byte(self._clock.seconds())
         self._finish(self._keep_alive)
 
     def _internal_error(self, failure: Failure) -> None:
@@ -352,6 +369,7 @@ class LeanExchange:
             return
         self._over = True
         self._connection = None
+        self._tally.done(self._code)
         self._release()
         if debugging():  # a cheap check: building the event costs more
             log.debug(

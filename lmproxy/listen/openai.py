@@ -59,8 +59,9 @@ from lmproxy.listen.jsonerrors import (
     json_response,
     model_not_found,
 )
-from lmproxy.listen.leanforward import LeanRoutes
+from lmproxy.listen.leanforward import Forwarding, LeanRoutes
 from lmproxy.logs import debugging, log_observer
+from lmproxy.requeststats import CLIENT_LEFT, RequestStats, RequestTally
 
 # Through log_observer: the per-request debug line only with LogLevel Debug.
 log = Logger(observer=log_observer)
@@ -100,6 +101,7 @@ class OpenAiApi:
         agent: IAgent,
         clock: IReactorTime,
         max_body_bytes: int = DEFAULT_OPENAI_MAX_BODY_BYTES,
+        stats: RequestStats | None = None,
     ) -> None:
         self._backends = backends
         self._agent = agent
@@ -114,6 +116,7 @@ class OpenAiApi:
             if service.openai_api
             for model in service.openai_api_models
         }
+        self.stats = stats or RequestStats(dict.fromkeys(self._services_by_model.values()))
 
     def site(self) -> Site:
         """
@@ -132,10 +135,11 @@ class OpenAiApi:
         resource = ExactRoutes(self.app, self.app.resource(), self.internal_error)
         if not IBackendConnections.providedBy(self._agent):
             return GatedSite(resource, self._max_body_bytes, self._clock, self.gate)
+        forwarding = Forwarding(
+            self._backends, IBackendConnections(self._agent), self._clock, self.stats
+        )
         routes = LeanRoutes(
-            self._backends,
-            IBackendConnections(self._agent),
-            self._clock,
+            forwarding,
             self.json_paths(),
             self._services_by_model,
             self.gate,
@@ -234,9 +238,18 @@ class OpenAiApi:
         service = self._services_by_model.get(model)
         if service is None:
             return model_not_found(request, model)
-        return await self._forward(request, service, body)
+        tally = RequestTally(self.stats.of(service), model, self._clock.seconds())
+        try:
+            answer = await self._forward(request, service, body, tally)
+        except CancelledError:
+            tally.done(CLIENT_LEFT)
+            raise
+        tally.done(request.code)
+        return answer
 
-    async def _forward(self, request: Request, service: str, body: bytes) -> bytes | None:
+    async def _forward(
+        self, request: Request, service: str, body: bytes, tally: RequestTally
+    ) -> bytes | None:
         """
         Get a running backend of C{service} and forward the request to it.
         A client that leaves makes Klein cancel this coroutine, which cancels
@@ -252,6 +265,7 @@ class OpenAiApi:
             lease = await self._backends.acquire(service)
         except ServiceUnavailable as e:
             return forwarderrors.unavailable(service, e).render(request)
+        tally.leased(self._clock.seconds())
         try:
             while True:
                 try:
@@ -268,6 +282,7 @@ class OpenAiApi:
                         why=str(e),
                     )
                     lease = await lease.reconnect()
+            tally.first_byte(self._clock.seconds())
             await relay(response, request, service)
         except ServiceUnavailable as e:
             return forwarderrors.unavailable(service, e).render(request)

@@ -54,6 +54,7 @@ from lmproxy.manage.logtail import MAX_TAIL_LINES, read_tail
 from lmproxy.manage.metrics import Metrics
 from lmproxy.manage.statusjson import JSONObject, service_json, status_json
 from lmproxy.manage.streams import EventStream, LogStream, until_client_leaves
+from lmproxy.requeststats import RequestStats
 
 HEARTBEAT_SECONDS = 15.0
 LOG_POLL_SECONDS = 0.5
@@ -140,13 +141,14 @@ class ManagementApi:
         clock: IReactorTime,
         heartbeat: float = HEARTBEAT_SECONDS,
         log_poll_interval: float = LOG_POLL_SECONDS,
+        requests: RequestStats | None = None,
     ) -> None:
         self._backends = backends
         self._config = config
         self._clock = clock
         self._heartbeat = heartbeat
         self._log_poll_interval = log_poll_interval
-        self.metrics = Metrics(backends, self._clock)
+        self.metrics = Metrics(backends, self._clock, requests)
 
     # Helpers
 

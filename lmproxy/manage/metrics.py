@@ -15,10 +15,17 @@ C{time()} in PromQL).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from itertools import accumulate
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -30,6 +37,8 @@ from lmproxy.interfaces import (
     Snapshot,
     StatusChange,
 )
+from lmproxy.requeststats import CLIENT_LEFT, RequestStats
+from lmproxy.requeststats import Histogram as RequestHistogram
 
 # Model servers take from a second (a small llama.cpp model) to many minutes.
 START_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -111,7 +120,7 @@ class _SnapshotCollector(Collector):
         def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, labels=("resource", *extra))
 
-        total = gauge("lmproxy_resource_total", "Configured Amount.")
+        total = gauge("lmproxy_resource_amount", "Configured Amount.")
         measured = gauge("lmproxy_resource_measured", "Last CheckCommand value.")
         reserved = gauge(
             "lmproxy_resource_reserved_by_starting_services", "Held by services still starting."
@@ -143,15 +152,71 @@ class _SnapshotCollector(Collector):
         yield from (total, measured, reserved, in_use, free, available, usage)
 
 
+class _RequestsCollector(Collector):
+    """The OpenAI port's requests (L{RequestStats}), read at scrape time."""
+
+    def __init__(self, stats: RequestStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        services = sorted(self._stats.services.items())
+        answered = CounterMetricFamily(
+            "lmproxy_openai_requests",
+            "OpenAI port requests answered, by service, model and status code"
+            f" ({CLIENT_LEFT}: the client left before the answer).",
+            labels=("service", "model", "code"),
+        )
+        waiting = GaugeMetricFamily(
+            "lmproxy_openai_requests_waiting",
+            "OpenAI port requests waiting for their service to run.",
+            labels=("service",),
+        )
+        in_flight = GaugeMetricFamily(
+            "lmproxy_openai_requests_in_flight",
+            "OpenAI port requests forwarded, their answer not over.",
+            labels=("service",),
+        )
+        wait = HistogramMetricFamily(
+            "lmproxy_openai_request_wait_seconds",
+            "How long OpenAI port requests waited for their service to run.",
+            labels=("service",),
+        )
+        first_byte = HistogramMetricFamily(
+            "lmproxy_openai_time_to_first_byte_seconds",
+            "From an OpenAI port request to the first byte of its answer, the wait included.",
+            labels=("service",),
+        )
+        for name, requests in services:
+            for (model, code), count in sorted(requests.answered.items()):
+                answered.add_metric([name, model, str(code)], count)
+            waiting.add_metric([name], requests.waiting)
+            in_flight.add_metric([name], requests.in_flight)
+            for family, histogram in ((wait, requests.wait), (first_byte, requests.first_byte)):
+                family.add_metric([name], _buckets(histogram), histogram.sum)
+        yield from (answered, waiting, in_flight, wait, first_byte)
+
+
+def _buckets(histogram: RequestHistogram) -> list[tuple[str, float]]:
+    """The cumulative buckets of C{histogram}, as Prometheus shows them."""
+    bounds = [floatToGoString(bound) for bound in histogram.buckets] + ["+Inf"]
+    return list(zip(bounds, accumulate(histogram.counts), strict=True))
+
+
 @implementer(IStatusObserver)
 class Metrics:
     """lmproxy's metrics registry; subscribes to C{backends} for start durations."""
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, backends: IBackends, clock: IReactorTime | None = None) -> None:
+    def __init__(
+        self,
+        backends: IBackends,
+        clock: IReactorTime | None = None,
+        requests: RequestStats | None = None,
+    ) -> None:
         """
         @param backends: what the metrics describe.
+        @param requests: the OpenAI port's requests, if it counts them.
         @param clock: the time the supervisor's timestamps are read on: a
             back-off whose end has passed has no sample.  Without it, the end
             of a back-off is shown until the next start resets it (as
@@ -159,6 +224,8 @@ class Metrics:
         """
         self.registry = CollectorRegistry()
         self.registry.register(_SnapshotCollector(backends.snapshot, clock))
+        if requests is not None:
+            self.registry.register(_RequestsCollector(requests))
         self._start_duration = Histogram(
             "lmproxy_service_start_duration_seconds",
             "How long start attempts took, by result (succeeded or failed).",

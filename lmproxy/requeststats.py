@@ -46,6 +46,7 @@ class ServiceRequests:
     """
     The OpenAI requests of one service.
 
+    @ivar queued: requests waiting for a turn (C{MaxConcurrentRequests}).
     @ivar waiting: requests waiting for the service to run.
     @ivar in_flight: requests forwarded to it, their answer not over.
     @ivar wait: how long requests waited for it to run.
@@ -54,6 +55,7 @@ class ServiceRequests:
     """
 
     def __init__(self) -> None:
+        self.queued = 0
         self.waiting = 0
         self.in_flight = 0
         self.wait = Histogram(WAIT_BUCKETS)
@@ -85,25 +87,40 @@ class RequestStats:
 
 class RequestTally:
     """
-    One request in its service's counts: waiting until L{leased}, then in
-    flight until L{done}.  Each step counts once, whatever calls it again.
+    One request in its service's counts: queued for a turn until L{turn}
+    (with C{MaxConcurrentRequests}), waiting until L{leased}, then in flight
+    until L{done}.  Each step counts once, whatever calls it again.
     """
 
-    def __init__(self, requests: ServiceRequests, model: str, began: float) -> None:
+    def __init__(
+        self, requests: ServiceRequests, model: str, began: float, queued: bool = False
+    ) -> None:
         """
         @param requests: its service's requests.
         @param model: the model it names.
         @param began: when it came.
+        @param queued: whether it waits for a turn first.
         """
         self._requests = requests
         self._model = model
         self._began = began
-        self._place = "waiting"  # then "in_flight", then "done"
+        self._place = "queued" if queued else "waiting"  # then "in_flight", then "done"
         self._first_byte = False
-        requests.waiting += 1
+        if queued:
+            requests.queued += 1
+        else:
+            requests.waiting += 1
+
+    def turn(self) -> None:
+        """It has its turn: now it waits for its service to run."""
+        if self._place == "queued":
+            self._place = "waiting"
+            self._requests.queued -= 1
+            self._requests.waiting += 1
 
     def leased(self, now: float) -> None:
         """Its service runs and lent it a backend."""
+        self.turn()
         if self._place == "waiting":
             self._place = "in_flight"
             self._requests.waiting -= 1
@@ -120,7 +137,9 @@ class RequestTally:
         """It was answered with C{code} (L{CLIENT_LEFT}: its client left first)."""
         if self._place == "done":
             return
-        if self._place == "waiting":
+        if self._place == "queued":
+            self._requests.queued -= 1
+        elif self._place == "waiting":
             self._requests.waiting -= 1
         else:
             self._requests.in_flight -= 1

@@ -49,7 +49,8 @@ from lmproxy.interfaces import (
 from lmproxy.listen import openai
 from lmproxy.listen.httpforward import BytesProducer, backend_agent, end_to_end_headers
 from lmproxy.listen.jsonerrors import JSON_CONTENT_TYPE
-from lmproxy.listen.openai import OpenAiApi, multipart_field
+from lmproxy.listen.multipart import multipart_field
+from lmproxy.listen.openai import OpenAiApi
 from lmproxy.logs import debugging, set_log_level
 from lmproxy.testing import FakeBackends
 

@@ -42,6 +42,7 @@ from lmproxy.config.values import (
     milliseconds,
     model_ids,
     port,
+    positive_count,
     seconds,
     show,
     target_port,
@@ -239,6 +240,18 @@ class ServiceKeys(Section):
         doc="Its dashboard link, a template like DefaultServiceUrl; null means no link.",
         keeps_null=True,
     )
+    MAX_CONCURRENT_REQUESTS = Key(
+        "MaxConcurrentRequests",
+        positive_count,
+        doc="Requests forwarded to it at once on the OpenAI port, at most; more wait in turn.",
+        fills=_SERVICE.max_concurrent_requests,
+    )
+    MAX_QUEUED_REQUESTS = Key(
+        "MaxQueuedRequests",
+        count,
+        doc="Requests that may wait for one of its MaxConcurrentRequests; more get 429.",
+        fills=_SERVICE.max_queued_requests,
+    )
     RESOURCE_REQUIREMENTS = Key(
         "ResourceRequirements",
         _requirements,
@@ -264,6 +277,17 @@ class ServiceKeys(Section):
         if cls.HEALTHCHECK_INTERVAL in fields.values and not fields.given(cls.HEALTHCHECK_COMMAND):
             at.key(cls.HEALTHCHECK_INTERVAL.name).problem(
                 f"given, but there is no {cls.HEALTHCHECK_COMMAND.name}"
+            )
+        for limit in (cls.MAX_CONCURRENT_REQUESTS, cls.MAX_QUEUED_REQUESTS):
+            if limit in fields.values and not (openai or openai_unknown):
+                at.key(limit.name).problem(
+                    f"given, but {cls.OPENAI_API.name} is not true: it limits the OpenAI port"
+                )
+        if cls.MAX_QUEUED_REQUESTS in fields.values and not fields.given(
+            cls.MAX_CONCURRENT_REQUESTS
+        ):
+            at.key(cls.MAX_QUEUED_REQUESTS.name).problem(
+                f"given, but there is no {cls.MAX_CONCURRENT_REQUESTS.name}"
             )
 
 

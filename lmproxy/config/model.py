@@ -104,6 +104,8 @@ class ServiceConfig:
     service_url: str | None = None
     resource_requirements: Mapping[str, int] = field(factory=dict)
     listen_address: str = DEFAULT_LISTEN_ADDRESS
+    max_concurrent_requests: int | None = None
+    max_queued_requests: int | None = None
 
 
 @frozen

@@ -146,6 +146,13 @@ def count(value: Any, at: At) -> Any:
     return value
 
 
+def positive_count(value: Any, at: At) -> Any:
+    """A positive integer: a number of requests at once."""
+    if not (is_int(value) and value >= 1):
+        raise Invalid(f"expected a positive integer, got {show(value)}")
+    return value
+
+
 def count_or_default(value: Any, at: At) -> Any:
     """Like L{count}, but 0 is not set: a dumped struct writes 0 where 0 makes no sense."""
     return count(value, at) or UNSET

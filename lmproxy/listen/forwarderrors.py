@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 from twisted.logger import Logger
-from twisted.web.http import RESPONSES
 from twisted.web.iweb import IRequest
 
 from lmproxy.interfaces import ServiceUnavailable
@@ -43,7 +43,7 @@ class Answer:
         @param close: whether the connection closes after it (says so).
         """
         lines = [
-            b"HTTP/1.1 %d %s\r\n" % (self.status, RESPONSES.get(self.status, b"Error")),
+            b"HTTP/1.1 %d %s\r\n" % (self.status, HTTPStatus(self.status).phrase.encode("ascii")),
             b"Content-Type: %s\r\nContent-Length: %d\r\n" % (JSON_CONTENT_TYPE, len(self.body)),
         ]
         lines.extend(b"%s: %s\r\n" % (name, value) for name, value in self.headers)
@@ -91,6 +91,17 @@ def connect_failed(service: str, error: Exception) -> Answer:
     message = f"Could not connect to service {service!r}: {error}"
     log.info("{message}", message=message)
     return _server_error(503, message, "service_unavailable", [])
+
+
+def queue_full(service: str, error: Exception) -> Answer:
+    """
+    OpenAI's 429 for a service whose every turn is taken and whose queue is
+    full (L{lmproxy.listen.limits}): worth retrying in a moment.
+    """
+    message = f"Service {service!r} is busy: {error}; retry later."
+    log.info("{message}", message=message)
+    document = error_document(message, "requests", None, "rate_limit_exceeded")
+    return Answer(429, encode(document), [(b"retry-after", b"1")])
 
 
 def internal_error() -> Answer:

@@ -14,117 +14,40 @@ hop-by-hop headers filtered both ways.  A client that reads slowly pauses
 the backend's connection; a client that leaves closes it, which cancels the
 generation, and drops the lease.  Whatever the route would answer with an
 error of its own (a body that is not a JSON object, no model, an unknown
-one) goes to the route instead: L{FrontChannel.fall_back}.
+one) goes to the route instead: L{FrontChannel.fall_back}.  Which requests
+take this path is L{lmproxy.listen.leanroutes}'s to say.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError, DNSLookupError
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
 from twisted.web.http import NO_BODY_CODES, RESPONSES
 
-from lmproxy.interfaces import IBackends, ILease, ServiceUnavailable
+from lmproxy.interfaces import ILease, ServiceUnavailable
 from lmproxy.listen import forwarderrors
 from lmproxy.listen.backendconn import BackendConnection, HeaderPairs
-from lmproxy.listen.backendpool import IBackendConnections, authority, request_bytes
+from lmproxy.listen.backendpool import authority, request_bytes
 from lmproxy.listen.forwarderrors import Answer
 from lmproxy.listen.front import FrontChannel
-from lmproxy.listen.guard import HeaderLookup, Refusal
 from lmproxy.listen.httpforward import REQUEST_ONLY, connection_named, end_to_end
+from lmproxy.listen.limits import QueueFull, Turn
 from lmproxy.listen.requesthead import RequestHead
 from lmproxy.logs import debugging, log_observer
-from lmproxy.requeststats import CLIENT_LEFT, RequestStats, RequestTally
+
+if TYPE_CHECKING:
+    from lmproxy.listen.leanroutes import Forwarding
+from lmproxy.requeststats import CLIENT_LEFT, RequestTally
 
 log = Logger(observer=log_observer)
 
 _CONNECT_ERRORS = (ConnectError, DNSLookupError)
-
-
-@dataclass(frozen=True, slots=True)
-class Forwarding:
-    """
-    What every forwarded request of the port uses.
-
-    @ivar backends: hands out running backends.
-    @ivar connections: the pooled backend connections.
-    @ivar clock: times requests.
-    @ivar stats: counts them.
-    """
-
-    backends: IBackends
-    connections: IBackendConnections
-    clock: IReactorTime
-    stats: RequestStats
-
-
-class LeanRoutes:
-    """
-    The hot routes of the OpenAI port: C{POST}s of a JSON object to
-    C{paths}, over HTTP/1.1, with a plain C{Host}, a C{Content-Length}
-    within the port's limit, and nothing the gate refuses.  Everything else
-    is twisted.web's.
-
-    @param forwarding: what forwarding takes.
-    @param paths: the hot paths.
-    @param services: the service of each model id.
-    @param gate: the port's gate (L{lmproxy.listen.openai.OpenAiApi.gate}).
-    @param max_body_bytes: the port's body limit.
-    """
-
-    def __init__(
-        self,
-        forwarding: Forwarding,
-        paths: frozenset[bytes],
-        services: dict[str, str],
-        gate: Callable[[HeaderLookup], Refusal | None],
-        max_body_bytes: int,
-    ) -> None:
-        self._forwarding = forwarding
-        self._paths = paths
-        self._services = services
-        self._gate = gate
-        self._max_body_bytes = max_body_bytes
-
-    def takes(self, head: RequestHead) -> bool:
-        """Whether C{head} is a hot request (see the class)."""
-        expect = head.fields.get(b"expect")
-        return (
-            head.method == b"POST"
-            and head.path in self._paths
-            and head.version == b"HTTP/1.1"
-            and (head.content_length or 0) <= self._max_body_bytes
-            and (expect is None or expect == [b"100-continue"])
-            and head.plain_host()
-            and self._gate(head) is None
-        )
-
-    def forward(self, channel: FrontChannel, head: RequestHead, body: bytes, raw: bytes) -> None:
-        """Forward a request whose model names a service; give back any other."""
-        model = self._model(body)
-        service = None if model is None else self._services.get(model)
-        if model is None or service is None:
-            channel.fall_back(raw)
-            return
-        LeanExchange(self._forwarding, channel, head, body, service, model)
-
-    def _model(self, body: bytes) -> str | None:
-        try:
-            document = json.loads(body)
-        except (ValueError, RecursionError):
-            return None
-        if not isinstance(document, dict):
-            return None
-        model = document.get("model")
-        return model if isinstance(model, str) else None
 
 
 def _forwarded_headers(head: RequestHead) -> HeaderPairs:
@@ -176,9 +99,31 @@ class LeanExchange:
         self._sized = False
         self._code = 0
         self._over = False
-        self._tally = RequestTally(forwarding.stats.of(service), model, self._began)
+        self._backends = forwarding.backends
+        self._turn: Turn | None = None
+        limit = forwarding.limits.get(service)
+        self._tally = RequestTally(
+            forwarding.stats.of(service), model, self._began, queued=limit is not None
+        )
         channel.exchange = self
-        acquiring = forwarding.backends.acquire(service)
+        if limit is None:
+            self._turn_taken(None)
+            return
+        try:
+            taking = limit.take()
+        except QueueFull as e:
+            self._answer(forwarderrors.queue_full(service, e))
+            return
+        self._wait(taking, self._turn_taken, self._unavailable)
+
+    def _turn_taken(self, turn: Turn | None) -> None:
+        if self._over:  # the client left while it came
+            if turn is not None:
+                turn.done()
+            return
+        self._turn = turn
+        self._tally.turn()
+        acquiring = self._backends.acquire(self._service)
         self._wait(acquiring, self._leased, self._unavailable)
 
     def _wait(
@@ -383,6 +328,9 @@ class LeanExchange:
         self._channel.answered(keep_alive)
 
     def _release(self) -> None:
+        turn, self._turn = self._turn, None
+        if turn is not None:
+            turn.done()
         lease, self._lease = self._lease, None
         if lease is not None:
             lease.release()

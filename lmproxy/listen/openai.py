@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import inspect
 import json
-from itertools import chain
 from typing import Any
 
 from twisted.internet.defer import CancelledError
@@ -36,7 +35,6 @@ from twisted.web.iweb import IAgent, IRequest
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.http import parse_options_header
-from werkzeug.sansio.multipart import NEED_DATA, Data, Epilogue, Field, MultipartDecoder
 
 from lmproxy.config import DEFAULT_OPENAI_MAX_BODY_BYTES, Config
 from lmproxy.interfaces import IBackends, ServiceUnavailable
@@ -59,7 +57,9 @@ from lmproxy.listen.jsonerrors import (
     json_response,
     model_not_found,
 )
-from lmproxy.listen.leanforward import Forwarding, LeanRoutes
+from lmproxy.listen.leanroutes import Forwarding, LeanRoutes
+from lmproxy.listen.limits import QueueFull, request_limits
+from lmproxy.listen.multipart import multipart_field
 from lmproxy.logs import debugging, log_observer
 from lmproxy.requeststats import CLIENT_LEFT, RequestStats, RequestTally
 
@@ -72,10 +72,6 @@ OWNED_BY = "lmproxy"
 _CONNECT_ERRORS = (ConnectError, DNSLookupError)
 # The backend was reached but gave no usable response.
 _EXCHANGE_ERRORS = (ResponseFailed, RequestTransmissionFailed, RequestNotSent)
-
-# The multipart body is fed to the decoder in slices, so a big audio file that
-# comes before the model field is never copied whole.
-_MULTIPART_SLICE = 64 * 1024
 
 
 class OpenAiApi:
@@ -117,6 +113,7 @@ class OpenAiApi:
             for model in service.openai_api_models
         }
         self.stats = stats or RequestStats(dict.fromkeys(self._services_by_model.values()))
+        self.limits = request_limits(config)
 
     def site(self) -> Site:
         """
@@ -136,7 +133,7 @@ class OpenAiApi:
         if not IBackendConnections.providedBy(self._agent):
             return GatedSite(resource, self._max_body_bytes, self._clock, self.gate)
         forwarding = Forwarding(
-            self._backends, IBackendConnections(self._agent), self._clock, self.stats
+            self._backends, IBackendConnections(self._agent), self._clock, self.stats, self.limits
         )
         routes = LeanRoutes(
             forwarding,
@@ -238,12 +235,24 @@ class OpenAiApi:
         service = self._services_by_model.get(model)
         if service is None:
             return model_not_found(request, model)
-        tally = RequestTally(self.stats.of(service), model, self._clock.seconds())
+        limit = self.limits.get(service)
+        tally = RequestTally(
+            self.stats.of(service), model, self._clock.seconds(), queued=limit is not None
+        )
+        turn = None
         try:
+            if limit is not None:
+                turn = await limit.take()
+                tally.turn()
             answer = await self._forward(request, service, body, tally)
+        except QueueFull as e:
+            answer = forwarderrors.queue_full(service, e).render(request)
         except CancelledError:
             tally.done(CLIENT_LEFT)
             raise
+        finally:
+            if turn is not None:
+                turn.done()
         tally.done(request.code)
         return answer
 
@@ -350,34 +359,6 @@ class OpenAiApi:
         """A bug: logged, and answered with a JSON 500, never a traceback page."""
         log.failure("Error handling {path}", failure, path=request.path.decode("latin-1"))
         return error_response(request, 500, "Internal error in lmproxy.", "server_error")
-
-
-def multipart_field(body: bytes, boundary: bytes, name: str) -> str | None:
-    """
-    The value of the form field C{name} in a multipart/form-data C{body}, or
-    C{None} when it has no such field.  Stops reading at that field.
-
-    @param body: the whole body.
-    @param boundary: the boundary its Content-Type names.
-    @param name: the field to find.
-    @raise ValueError: the body is not valid multipart, or the value is not UTF-8.
-    """
-    decoder = MultipartDecoder(boundary)
-    view = memoryview(body)
-    slices = (bytes(view[i : i + _MULTIPART_SLICE]) for i in range(0, len(body), _MULTIPART_SLICE))
-    value: bytearray | None = None
-    for data in chain(slices, [None]):  # None: the end of the body
-        decoder.receive_data(data)
-        while (event := decoder.next_event()) is not NEED_DATA:
-            if isinstance(event, Field):
-                value = bytearray() if event.name == name else None
-            elif isinstance(event, Data) and value is not None:
-                value += event.data
-                if not event.more_data:
-                    return value.decode("utf-8")
-            elif isinstance(event, Epilogue):
-                return None
-    raise ValueError("it ends before its closing boundary")
 
 
 def _body(request: Request) -> bytes:

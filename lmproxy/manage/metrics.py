@@ -166,6 +166,11 @@ class _RequestsCollector(Collector):
             f" ({CLIENT_LEFT}: the client left before the answer).",
             labels=("service", "model", "code"),
         )
+        queued = GaugeMetricFamily(
+            "lmproxy_openai_requests_queued",
+            "OpenAI port requests waiting for a turn (MaxConcurrentRequests).",
+            labels=("service",),
+        )
         waiting = GaugeMetricFamily(
             "lmproxy_openai_requests_waiting",
             "OpenAI port requests waiting for their service to run.",
@@ -189,11 +194,12 @@ class _RequestsCollector(Collector):
         for name, requests in services:
             for (model, code), count in sorted(requests.answered.items()):
                 answered.add_metric([name, model, str(code)], count)
+            queued.add_metric([name], requests.queued)
             waiting.add_metric([name], requests.waiting)
             in_flight.add_metric([name], requests.in_flight)
             for family, histogram in ((wait, requests.wait), (first_byte, requests.first_byte)):
                 family.add_metric([name], _buckets(histogram), histogram.sum)
-        yield from (answered, waiting, in_flight, wait, first_byte)
+        yield from (answered, queued, waiting, in_flight, wait, first_byte)
 
 
 def _buckets(histogram: RequestHistogram) -> list[tuple[str, float]]:

@@ -1,0 +1,92 @@
+"""
+How many requests of one service the OpenAI port forwards at once
+(C{MaxConcurrentRequests}), and how many may wait for a turn
+(C{MaxQueuedRequests}).
+
+A request takes a L{Turn} before it asks for its service's backend, and
+gives it back once its answer is over.  A request that finds every turn
+taken waits, first come first served; one that finds the queue full too is
+refused (the port answers 429).  A waiting request whose client leaves
+leaves the queue at once.  A turn counts from before the service runs, so
+requests that wait for a start count too: a model server that serves one
+request at a time is never sent two.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from twisted.internet.defer import Deferred, succeed
+
+from lmproxy.config import Config
+
+
+class QueueFull(Exception):
+    """Every turn is taken, and as many requests as may wait are waiting."""
+
+
+class Turn:
+    """One request's turn; L{done} gives it back (idempotent)."""
+
+    def __init__(self, limit: RequestLimit) -> None:
+        self._limit: RequestLimit | None = limit
+
+    def done(self) -> None:
+        """The request's answer is over: the next waiting request goes."""
+        limit, self._limit = self._limit, None
+        if limit is not None:
+            limit._give_back()
+
+
+class RequestLimit:
+    """
+    The turns of one service's requests.
+
+    @ivar concurrent: requests forwarded at once, at most.
+    @ivar queued: requests that may wait for a turn (C{None}: any number).
+    """
+
+    def __init__(self, concurrent: int, queued: int | None) -> None:
+        self.concurrent = concurrent
+        self.queued = queued
+        self.taken = 0
+        self._waiting: deque[Deferred[Turn]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a turn now."""
+        return len(self._waiting)
+
+    def take(self) -> Deferred[Turn]:
+        """
+        A turn, at once when one is free, else when one comes back.  Cancel
+        the Deferred to leave the queue.
+
+        @raise QueueFull: no turn is free and the queue is full.
+        """
+        if self.taken < self.concurrent:
+            self.taken += 1
+            return succeed(Turn(self))
+        if self.queued is not None and len(self._waiting) >= self.queued:
+            raise QueueFull(
+                f"{self.taken} requests are being answered (MaxConcurrentRequests) and"
+                f" {len(self._waiting)} are waiting (MaxQueuedRequests)"
+            )
+        waiting: Deferred[Turn] = Deferred(self._waiting.remove)
+        self._waiting.append(waiting)
+        return waiting
+
+    def _give_back(self) -> None:
+        if self._waiting:
+            self._waiting.popleft().callback(Turn(self))  # the turn passes on
+        else:
+            self.taken -= 1
+
+
+def request_limits(config: Config) -> dict[str, RequestLimit]:
+    """The limit of each service of C{config} that has C{MaxConcurrentRequests}."""
+    return {
+        service.name: RequestLimit(service.max_concurrent_requests, service.max_queued_requests)
+        for service in config.services
+        if service.max_concurrent_requests is not None
+    }

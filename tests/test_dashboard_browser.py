@@ -247,9 +247,9 @@ class BrowserTestCase(TestCase):
         self.assertIn("1 proxied connection", dialog.text)
         dialog.find_element(By.ID, "confirm-force").click()
 
-    def screenshot(self, for_docs: bool = False) -> None:
+    def screenshot(self, for_docs: bool = False, name: str = "dashboard.png") -> None:
         """
-        The whole page as C{dashboard.png} in C{self.tmp}, the test's artifact;
+        The whole page as C{name} in C{self.tmp}, the test's artifact;
         C{for_docs}: also as C{docs/dashboard.png}, the README's picture, when
         C{LMPROXY_UPDATE_SCREENSHOT=1} (a test run leaves the source tree alone).
         """
@@ -266,7 +266,7 @@ class BrowserTestCase(TestCase):
                 "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
             },
         )
-        path = os.path.join(self.tmp, "dashboard.png")
+        path = os.path.join(self.tmp, name)
         with open(path, "wb") as f:
             f.write(base64.b64decode(shot["data"]))
         if for_docs and os.environ.get("LMPROXY_UPDATE_SCREENSHOT") == "1":
@@ -387,6 +387,7 @@ class DashboardBrowserTests(ScriptedBrowserTestCase):
         self.backends.set_state(MARKUP, ServiceState.WAITING_FOR_RESOURCES)
         await self.in_browser(lambda: self.wait_state(MARKUP, ServiceState.WAITING_FOR_RESOURCES))
         await self.in_browser(self.screenshot)
+        await self.in_browser(self.columns_fit)
 
         # Stop an idle service: no question asked.
         self.backends.set_state(QWEN, ServiceState.STOPPED)
@@ -440,12 +441,47 @@ class DashboardBrowserTests(ScriptedBrowserTestCase):
         self.assertEqual(self.names(self.driver), [ZETA, MARKUP, ALPHA, QWEN])
         self.assertFalse(self.driver.find_element(By.ID, "key-panel").is_displayed())
 
+    def columns_fit(self) -> None:
+        """
+        From 900 px wide up, every column of the table shows whole: nothing
+        scrolls sideways, no cell ends past the table, every name is shown
+        (wrapped, or cut with its whole text as a tooltip).
+        """
+        assert self.driver is not None
+        driver = self.driver
+        for width in (900, 1280, 1600):
+            driver.set_window_size(width, 1000)
+            self.wait(
+                lambda d, w=width: d.execute_script("return window.innerWidth") <= w,
+                f"the window never became {width} px wide",
+            )
+            wrap = driver.find_element(By.CSS_SELECTOR, ".table-wrap")
+            scroll, client = driver.execute_script(
+                "return [arguments[0].scrollWidth, arguments[0].clientWidth];", wrap
+            )
+            self.assertLessEqual(scroll, client, f"the table scrolls sideways at {width} px")
+            right = wrap.rect["x"] + wrap.rect["width"]
+            for cell in driver.find_elements(By.CSS_SELECTOR, "table.services th, tr.main-row td"):
+                end = cell.rect["x"] + cell.rect["width"]
+                self.assertLessEqual(end, right + 1, f"a cell is cut at {width} px: {cell.text!r}")
+            for label in driver.find_elements(By.CSS_SELECTOR, ".service-name .label"):
+                cut = driver.execute_script(
+                    "return arguments[0].scrollWidth > arguments[0].clientWidth;", label
+                )
+                if cut:
+                    self.assertEqual(label.get_attribute("title"), label.text)
+            self.screenshot(name=f"dashboard-{width}.png")
+        driver.set_window_size(1400, 1000)
+
     def markup_is_text(self) -> None:
         assert self.driver is not None
         row = self.row(self.driver, MARKUP)
         label = row.find_element(By.CSS_SELECTOR, ".service-name .label")
         self.assertEqual(label.text, MARKUP)
-        self.assertEqual(label.find_elements(By.CSS_SELECTOR, "*"), [])
+        # Nothing of it is markup: its only elements are the line breaks it may take.
+        children = label.find_elements(By.CSS_SELECTOR, "*")
+        self.assertEqual([child.tag_name for child in children], ["wbr"])
+        self.assertEqual(label.get_attribute("title"), MARKUP)
         # Not a link: its ServiceUrl is javascript:, which the page refuses.
         self.assertEqual(row.find_element(By.CSS_SELECTOR, ".service-name").tag_name, "span")
         # A proper one is a link that opens in a new tab.

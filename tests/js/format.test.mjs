@@ -8,6 +8,7 @@ import {
   ago,
   formatAmount,
   logUrl,
+  namePieces,
   plural,
   safeUrl,
   servicePath,
@@ -90,4 +91,15 @@ test("colours: the palette in config order, then a stable hash", () => {
   assert.match(late, /^hsl\(\d+ 62% 52%\)$/);
   assert.equal(serviceColor("late", names), late);
   assert.equal(serviceColor("unknown", []), serviceColor("unknown", ["other"]));
+});
+
+test("names are cut where they may wrap, and nothing is lost", () => {
+  assert.deepEqual(namePieces("Qwen/Qwen2.5-7B-Instruct"), ["Qwen/", "Qwen2.", "5-", "7B-", "Instruct"]);
+  assert.deepEqual(namePieces("alpha"), ["alpha"]);
+  assert.deepEqual(namePieces("a//b"), ["a//", "b"]);
+  assert.deepEqual(namePieces("<b>x</b>"), ["<b>x</", "b>"]);
+  assert.deepEqual(namePieces(""), []);
+  for (const name of ["x-", "-x", "org/model:q4_K_M", "Модель"]) {
+    assert.equal(namePieces(name).join(""), name);
+  }
 });

@@ -85,3 +85,13 @@ export function servicePath(name, action) {
 export function logUrl(name, tail, follow) {
   return `${servicePath(name, "logs")}?tail=${tail}${follow ? "&follow=1" : ""}`;
 }
+
+/**
+ * A name cut after each "/", "-", "_", "." and ":" (where a long model id
+ * may wrap), the pieces in order: joined, they are the name.
+ * @param {string} name
+ * @returns {string[]}
+ */
+export function namePieces(name) {
+  return name.match(/[^/\-_.:]*(?:[/\-_.:]+|$)/g).filter((piece) => piece !== "");
+}

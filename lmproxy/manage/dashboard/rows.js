@@ -4,7 +4,7 @@
 
 import { el, setText, swatch } from "./dom.js";
 import { failureLine } from "./failure.js";
-import { ago, formatAmount, plural, safeUrl } from "./format.js";
+import { ago, formatAmount, namePieces, plural, safeUrl } from "./format.js";
 import { KeyedList } from "./keyed.js";
 import { LogPanel } from "./logs.js";
 import { actionButtons, stateLabel } from "./states.js";
@@ -146,7 +146,10 @@ export class ServiceRow {
     const url = safeUrl(service.service_url, window.location.href);
     if (url !== this.renderedUrl) {
       this.renderedUrl = url;
-      const text = el("span", { class: "label", text: this.name });
+      // A line may break after a separator (<wbr>), not inside a word; the
+      // whole name is the tooltip.
+      const pieces = namePieces(this.name).flatMap((piece) => [piece, el("wbr")]);
+      const text = el("span", { class: "label", title: this.name }, ...pieces.slice(0, -1));
       const label = url
         ? el(
             "a",

@@ -366,6 +366,7 @@ class DashboardBrowserTests(ScriptedBrowserTestCase):
         await self.in_browser(lambda: self.wait_state(ALPHA, ServiceState.RUNNING))
         await self.in_browser(lambda: self.wait_connections(ALPHA, 1, 0))
         self.assertEqual(await self.in_browser(lambda: self.mode(driver)), "live")
+        await self.in_browser(self.timeline_shows_the_run)
 
         await self.in_browser(self.sort_by_name_and_reload)
         await self.in_browser(self.follow_log)
@@ -440,6 +441,24 @@ class DashboardBrowserTests(ScriptedBrowserTestCase):
         self.assertEqual(self.driver.title, "lmproxy")
         self.assertEqual(self.names(self.driver), [ZETA, MARKUP, ALPHA, QWEN])
         self.assertFalse(self.driver.find_element(By.ID, "key-panel").is_displayed())
+
+    def timeline_shows_the_run(self) -> None:
+        """The last hour: alpha's lane shows its run, with its tooltip; a lane per service."""
+        assert self.driver is not None
+
+        def spans(driver: WebDriver) -> list[str]:
+            titles = driver.find_elements(By.CSS_SELECTOR, "#timeline rect.span title")
+            return [t.get_attribute("textContent") or "" for t in titles]
+
+        self.wait(
+            lambda d: any(t.startswith(f"{ALPHA}: running,") for t in spans(d)),
+            "the timeline never showed alpha running",
+        )
+        names = self.driver.execute_script(
+            "return [...document.querySelectorAll('#timeline text.lane-label')]"
+            ".map((label) => label.firstChild.nodeValue);"
+        )
+        self.assertEqual(names, [ZETA, MARKUP, ALPHA, QWEN])
 
     def columns_fit(self) -> None:
         """

@@ -15,6 +15,8 @@ Routes:
     text; with C{follow}, SSE C{lines} events (one C{data:} field per line)
     and a C{reset} event when the file was truncated or replaced.
   - C{GET /metrics}: Prometheus text format (see L{lmproxy.manage.metrics}).
+  - C{GET /timeline}: what every service did in the last hour (see
+    L{lmproxy.manage.timeline}).
   - C{GET /} and C{GET /dashboard/{file}}: the dashboard.
 
 Everything is answered from the supervisor's statuses and never waits on a
@@ -54,6 +56,7 @@ from lmproxy.manage.logtail import MAX_TAIL_LINES, read_tail
 from lmproxy.manage.metrics import Metrics
 from lmproxy.manage.statusjson import JSONObject, service_json, status_json
 from lmproxy.manage.streams import EventStream, LogStream, until_client_leaves
+from lmproxy.manage.timeline import Timeline
 from lmproxy.requeststats import RequestStats
 
 HEARTBEAT_SECONDS = 15.0
@@ -149,6 +152,7 @@ class ManagementApi:
         self._heartbeat = heartbeat
         self._log_poll_interval = log_poll_interval
         self.metrics = Metrics(backends, self._clock, requests)
+        self.recorder = Timeline(backends, self._clock)
 
     # Helpers
 
@@ -189,6 +193,10 @@ class ManagementApi:
             await until_client_leaves()
         finally:
             stream.close()
+
+    @app.route("/timeline", methods=["GET"])
+    async def timeline(self, request: IRequest) -> bytes:
+        return self._json(request, 200, self.recorder.json())
 
     @app.route("/metrics", methods=["GET"])
     async def metrics_text(self, request: IRequest) -> bytes:

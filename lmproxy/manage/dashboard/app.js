@@ -7,6 +7,7 @@
 //   store.js      the current status, changed by the link's events
 //   services.js   the table (rows.js, failure.js, logs.js), sorted (sorting.js)
 //   cards.js      the resource cards (usage.js)
+//   timeline.js   the last hour (timelinelayout.js)
 //   topbar.js     summary, link indicator, banner; feedback.js, actions.js
 //
 // node tests the pure helpers (format.js, states.js, sorting.js, usage.js,
@@ -24,6 +25,7 @@ import { noticeFor } from "./messages.js";
 import { ServicesView } from "./services.js";
 import { FetchEventSource } from "./sse.js";
 import { Store } from "./store.js";
+import { TimelineView } from "./timeline.js";
 import { TopBar } from "./topbar.js";
 import { Link } from "./transport.js";
 
@@ -92,7 +94,16 @@ const resources = new ResourcesView({
   store,
 });
 
+const timeline = new TimelineView({
+  root: byId("timeline"),
+  fetch: api.fetch,
+  now,
+  requirements: () =>
+    [...store.services.values()].map((s) => ({ name: s.name, needs: s.resource_requirements })),
+});
+
 store.subscribe((change) => {
+  if (change.kind === "service" || change.kind === "status") timeline.changed();
   if (change.kind === "notice") {
     const notice = noticeFor(change.event, change.data);
     if (notice) feedback.toast(notice.text, notice.kind);
@@ -128,3 +139,4 @@ setInterval(() => {
 }, 1000);
 
 link.start();
+timeline.start();

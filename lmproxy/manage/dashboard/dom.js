@@ -43,3 +43,17 @@ export function swatch(color) {
 export function setText(node, text) {
   if (node.textContent !== text) node.textContent = text;
 }
+
+/**
+ * An SVG element with attributes and children (an <svg> or inside one).
+ * @param {string} tag
+ * @param {object} [attrs] attributes, set as they are.
+ * @param {...(Node | null | undefined)} children null and undefined are left out.
+ * @returns {SVGElement}
+ */
+export function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  node.append(...children.filter((c) => c !== null && c !== undefined));
+  return node;
+}

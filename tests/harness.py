@@ -228,9 +228,14 @@ class Lmproxy:
     """A real ``twistd -n lmproxy -c config.json`` in a temporary directory."""
 
     def __init__(
-        self, test: TestCase, config: dict[str, Any], command: list[str] | None = None
+        self,
+        test: TestCase,
+        config: dict[str, Any],
+        command: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.test = test
+        self.env = env or child_env()
         # Without -c, lmproxy must find ./config.json in its working directory.
         self.argv = command or [TWISTD, "--nodaemon", "--pidfile=", "lmproxy", "-c", "config.json"]
         self.config = config
@@ -257,7 +262,7 @@ class Lmproxy:
             self._output,
             self.argv[0],
             self.argv,
-            env=child_env(),
+            env=self.env,
             path=str(self.dir),
         )
         self.pid = transport.pid

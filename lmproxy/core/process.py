@@ -15,6 +15,7 @@ import os
 import shlex
 import shutil
 import signal
+import sys
 from collections import deque
 from collections.abc import Callable
 from typing import IO
@@ -79,15 +80,20 @@ def split_args(args: str) -> list[str]:
 
 
 def resolve_command(command: str, work_dir: str | None) -> str:
-    """Find the executable the way execvp would, relative to C{work_dir}."""
+    """
+    Find the executable the way execvp would, relative to C{work_dir}; a
+    name not on C{PATH} is looked for beside lmproxy's own interpreter too,
+    so that the scripts of a venv that is not activated are found.
+    """
     if "/" in command:
         path = os.path.join(work_dir or os.getcwd(), command)
         if os.access(path, os.X_OK) and not os.path.isdir(path):
             return command
         raise StartError(f"Command {command!r} is not an executable file")
-    found = shutil.which(command)
+    beside = os.path.dirname(os.path.abspath(sys.executable))
+    found = shutil.which(command) or shutil.which(command, path=beside)
     if found is None:
-        raise StartError(f"Command {command!r} was not found on PATH")
+        raise StartError(f"Command {command!r} was not found on PATH nor in {beside}")
     return found
 
 

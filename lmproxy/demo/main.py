@@ -1,6 +1,7 @@
 """
-C{python -m lmproxy.demo}: parse the command line, set up the output, run the
-demo server on the global reactor until SIGTERM/SIGINT or C{--exit-after}.
+C{python -m lmproxy.demo} and the C{lmproxy-demo} script: parse the command
+line, set up the output, run the demo server on the global reactor until
+SIGTERM/SIGINT or C{--exit-after}.
 
 Start-up time matters (lmproxy and its tests connect right after the launch),
 so the demo uses plain C{twisted.web} (no Klein, no treq), keeps pyOpenSSL out
@@ -15,6 +16,11 @@ from collections.abc import Sequence
 from typing import cast
 
 from lmproxy.demo.options import parse_args
+
+
+def run() -> None:
+    """The C{lmproxy-demo} console script: L{main}, its status the exit status."""
+    sys.exit(main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

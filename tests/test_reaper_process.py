@@ -1,6 +1,7 @@
 """
-The real watchdog child, run as lmproxy runs it (C{python -m lmproxy.core.reaper}):
-it imports the standard library only, and it ends the groups it was told of.
+The real watchdog child, run as lmproxy runs it (L{waiter.waiter_command}: a
+shell loop, then C{python -m lmproxy.core.reaper}) and as Python alone: it
+imports the standard library only, and it ends the groups it was told of.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lmproxy.core import descendants, reaper
+from lmproxy.core import descendants, reaper, waiter
 
 CHILD = [sys.executable, "-m", reaper.__name__]
 TIMEOUT = 60  # seconds; only a bound against a hang, never a measure
@@ -93,8 +94,85 @@ class StandardLibraryOnlyTests(SynchronousTestCase):
         )
 
 
+class WaiterTests(SynchronousTestCase):
+    """
+    The shell loop that is the child while lmproxy runs (L{waiter.WAITER}):
+    at the end of its pipe it hands Python what Python would have kept.
+    """
+
+    def replay(self, lines: list[bytes], then: list[str] | None = None) -> str:
+        """What the waiter, told C{lines}, writes to C{then} (C{cat}) at the end of its pipe."""
+        ran = subprocess.run(
+            ["/bin/sh", "-c", waiter.WAITER, "lmproxy-watchdog", *(then or ["cat"])],
+            input=b"".join(lines),
+            capture_output=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        self.assertEqual((ran.returncode, ran.stderr), (0, b""))
+        return ran.stdout.decode("ascii", errors="replace")
+
+    def assertSameRegistry(self, lines: list[bytes]) -> None:
+        """The replay of C{lines} leaves Python's registry as C{lines} themselves do."""
+        direct, replayed = reaper.Registry(), reaper.Registry()
+        # Line by line, as reaper.watch reads the pipe.
+        for line in b"".join(lines).splitlines():
+            direct.feed(line.decode("ascii", errors="replace"))
+        for line in self.replay(lines).splitlines():
+            replayed.feed(line)
+        self.assertEqual((replayed.groups, replayed.services), (direct.groups, direct.services))
+        self.assertTrue(direct.groups)  # else the comparison proves little
+
+    def test_registrations_and_discards(self) -> None:
+        """Groups, service runs and discards, in any order, as Python would keep them."""
+        quirky = reaper.ServiceRun("m2", "kill $(cat pid) `x` 'a b' \\ \"q\" *", "/tmp/a b")
+        self.assertSameRegistry(
+            [
+                reaper.add_line(5),
+                reaper.add_line(12),
+                reaper.service_line(77, reaper.ServiceRun("m1")),
+                reaper.service_line(78, quirky),
+                reaper.discard_line(12),
+                reaper.add_line(31),
+                reaper.discard_line(5),
+                reaper.add_line(5),
+                reaper.add_line(31),
+                reaper.discard_line(77),
+                reaper.add_line(78),
+                reaper.add_line(2**31 - 1),
+            ]
+        )
+
+    def test_garbage_is_ignored(self) -> None:
+        """Lines that are not the protocol's change nothing, as in Python."""
+        self.assertSameRegistry(
+            [
+                reaper.add_line(40),
+                b'+abc\n+\n-\n*{}\n*{"pgid": x}\n?40\n+4 0\n$(touch x)\n+$x\n',
+                b"+0\n+00041\n-0040\n+\xff\n",
+                b"+42",  # no line end: the pipe closed
+            ]
+        )
+
+    def test_lines_are_never_evaluated(self) -> None:
+        """A line's text is data: nothing in it runs."""
+        marker = Path(self.mktemp()).resolve()
+        self.replay([b"+7$(touch %s)\n" % bytes(marker), b"+8;touch %s\n" % bytes(marker)])
+        self.assertFalse(marker.exists())
+
+    def test_nothing_registered_starts_nothing(self) -> None:
+        """After a normal shutdown (every group discarded) Python is not started."""
+        marker = Path(self.mktemp()).resolve()
+        self.replay(
+            [reaper.add_line(9), reaper.discard_line(9)], ["/bin/sh", "-c", f"touch {marker}"]
+        )
+        self.assertFalse(marker.exists())
+
+
 class ChildTests(SynchronousTestCase):
     """The child with real process groups (each a C{sleep} in a session of its own)."""
+
+    command = CHILD
 
     def group(self) -> subprocess.Popen[bytes]:
         """A real process group of our own; it is ended when the test ends."""
@@ -110,7 +188,7 @@ class ChildTests(SynchronousTestCase):
 
     def spawn(self) -> subprocess.Popen[bytes]:
         """The watchdog child, in a session of its own as lmproxy starts it."""
-        child = subprocess.Popen(CHILD, stdin=subprocess.PIPE, start_new_session=True)
+        child = subprocess.Popen(self.command, stdin=subprocess.PIPE, start_new_session=True)
 
         def end() -> None:
             if child.poll() is None:
@@ -190,6 +268,12 @@ class ChildTests(SynchronousTestCase):
         self.assertEqual(stray.wait(TIMEOUT), -signal.SIGTERM)
         self.assertEqual(child.wait(TIMEOUT), 0)
         self.assertEqual((work / "kill-command-ran").read_text(), f"{work}\n")
+
+
+class WaiterChildTests(ChildTests):
+    """The same, with the child as lmproxy starts it: the shell loop, then Python."""
+
+    command = waiter.waiter_command(sys.executable)
 
 
 def _wait_until_ignored(pid: int, *signums: int) -> None:

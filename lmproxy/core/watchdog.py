@@ -2,12 +2,14 @@
 No service process outlives lmproxy, even when lmproxy is killed with SIGKILL.
 
 L{Watchdog} is lmproxy's side: it starts the watchdog child
-(L{lmproxy.core.reaper}, on the standard library alone) in a session of its
+(L{lmproxy.core.waiter}, a shell loop while lmproxy runs, then
+L{lmproxy.core.reaper}, the standard library alone) in a session of its
 own and tells it over a pipe which process groups lmproxy owns, services'
 and helper commands' alike, and for a service's, its run's mark and its
-KillCommand.  When the pipe closes, however lmproxy died, the child runs the
-KillCommands of the services still registered and ends every group still
-registered, with the processes that left them.
+KillCommand.  When the pipe closes,
+however lmproxy died, the child runs the KillCommands of the services still
+registered and ends every group still registered, with the processes that
+left them.
 The protocol, both the lines written here and their parser, lives in
 L{lmproxy.core.reaper}.
 """
@@ -24,7 +26,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lmproxy.core import reaper
+from lmproxy.core import reaper, waiter
 from lmproxy.logs import log_observer
 
 
@@ -70,7 +72,7 @@ class Watchdog(Service):
             self._reactor.spawnProcess(
                 _WatchdogProtocol(self),
                 self._setsid,
-                [self._setsid, sys.executable, "-m", reaper.__name__],
+                [self._setsid, *waiter.waiter_command(sys.executable)],
                 env=dict(os.environ),
                 childFDs={0: child_end, 1: 1, 2: 2},
             )

@@ -51,11 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     quit = QuitSignals()
     quit.install()  # before anything slow: see lmproxy.quitsignals
-    # lmproxy never speaks TLS.  Without pyOpenSSL Twisted's imports skip
-    # twisted.internet.ssl and cryptography: about 12 MiB less resident, for
-    # the whole life of the process (as the demo does; twistd imports lmproxy's
-    # plugin among others, so C{twistd -n lmproxy} still has them).
-    sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
+    from lmproxy.launch import keep_tls_out
+
+    keep_tls_out()  # before the reactor: see lmproxy.launch
     try:
         options = prepare(sys.argv[1:] if argv is None else argv, os.getcwd(), quit)
     except SystemExit as e:

@@ -131,3 +131,28 @@ def fail_ports(problems: list[str]) -> NoReturn:
     if len(problems) == 1:
         fail(problems[0], [])
     fail("ports cannot be opened:", problems)
+
+
+def keep_tls_out(modules: dict[str, object] | None = None) -> bool:
+    """
+    Keep pyOpenSSL (and so cryptography and C{twisted.internet.ssl}) out of
+    the process, if the reactor is not installed yet: lmproxy never speaks
+    TLS, and Twisted's reactor and TCP modules import them only if pyOpenSSL
+    can be imported (about 12 MiB resident for the process's whole life).
+    Under C{twistd} this runs when lmproxy's options are parsed, before
+    twistd installs the reactor.  Once a reactor runs (a test run, a program
+    that embeds lmproxy) nothing changes: what it imported stays, and what
+    it may still import is left alone.
+
+    @param modules: C{sys.modules}, or a fake in tests.
+    @return: whether pyOpenSSL is kept out.
+    """
+    if modules is None:
+        modules = sys.modules  # type: ignore[assignment]
+        assert modules is not None
+    if "twisted.internet.reactor" in modules:
+        return modules.get("OpenSSL", False) is None
+    # A None entry makes "import OpenSSL" raise ImportError, which Twisted takes
+    # for pyOpenSSL not installed.
+    modules.setdefault("OpenSSL", None)
+    return modules["OpenSSL"] is None

@@ -11,6 +11,7 @@ This module imports nothing from lmproxy, so every layer can depend on it.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 
@@ -88,6 +89,14 @@ class ILease(Interface):
         """
         The client is done: stop counting it.  Idempotent.  Refreshes the
         service's last-used time and re-arms its idle timer.
+        """
+
+    def take_connection() -> socket.socket | None:
+        """
+        A connection to C{host:port} made already, if there is one to use:
+        the one that found a freshly started backend ready, offered to the
+        first client served as it got ready (the caller's to use or close);
+        else C{None}, and the client connects itself.
         """
 
     def reconnect() -> Deferred[ILease]:

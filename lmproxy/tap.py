@@ -26,12 +26,13 @@ from twisted.python import usage
 
 from lmproxy.config import Config, ConfigError, load_config
 from lmproxy.core.portcheck import port_taken
+from lmproxy.core.readiness import connect_now
 from lmproxy.core.shell import SETSID
 from lmproxy.core.subreaper import Subreaper
 from lmproxy.core.supervisor import Supervisor
 from lmproxy.core.watchdog import Watchdog
 from lmproxy.fdlimit import raise_fd_limit
-from lmproxy.launch import fail, fail_ports
+from lmproxy.launch import fail, fail_ports, keep_tls_out
 from lmproxy.listen.ports import AdoptedPort, LazySite
 from lmproxy.listen.sockets import ListeningSocket, PortsUnavailable, port_keys, take_ports
 from lmproxy.listen.tcp import ServiceProxyFactory
@@ -72,6 +73,7 @@ class Options(usage.Options):
         # Under twistd, the first of lmproxy's code that runs: no quit signal
         # is lost (or a KeyboardInterrupt) from here on.
         self.quit.install()
+        keep_tls_out()  # before twistd installs the reactor
         try:
             self.loaded: Config = load_config(self["config"], os.getcwd())
         except ConfigError as e:
@@ -127,7 +129,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # group is gone, so the child finds nothing left to end.
     watchdog = Watchdog(reactor, SETSID)
     watchdog.setServiceParent(top)
-    supervisor = Supervisor(config, reactor, groups=watchdog, port_check=port_taken)
+    supervisor = Supervisor(
+        config,
+        reactor,
+        groups=watchdog,
+        port_check=port_taken,
+        connect=connect_now,
+    )
     supervisor.setServiceParent(top)
     signals = ShutdownSignals(supervisor, reactor, options.quit)
     signals.setServiceParent(top)

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 
 from lmproxy.config import ServiceConfig
 from lmproxy.core.backoff import FailedStarts
-from lmproxy.core.lease import Lease
+from lmproxy.core.lease import Handover, Lease
 from lmproxy.core.leftovers import Leftovers
 from lmproxy.core.owner import LifecycleOwner
 from lmproxy.core.process import ServiceProcess
@@ -97,6 +97,7 @@ class ServiceLifecycle:
         self._attempt: StartAttempt | None = None
         self._abort_reason: str | None = None  # why the current start is being aborted
         self._idle_timer = Timer(self._clock)
+        self._handover = Handover()  # the connection that found a start ready
         # Groups of processes that exited on their own, still being ended.
         self._leftovers = Leftovers(self.name)
 
@@ -186,7 +187,7 @@ class ServiceLifecycle:
 
     def _new_lease(self, reconnected: bool) -> Lease:
         assert self.host is not None
-        lease = Lease(self, self.host, self.generation, may_reconnect=not reconnected)
+        lease = Lease(self, self.host, self.generation, not reconnected, self._handover)
         self._leases.add(lease)
         self.touch()
         self._owner.changed(self)
@@ -269,7 +270,7 @@ class ServiceLifecycle:
         self.log.info("{service}: ready after {seconds:.3f} s", service=self.name, seconds=seconds)
         self._owner.start_finished(self, seconds, True)
         self.touch()
-        self._waiters.serve()
+        self._handover.serve(attempt.take_connection(), self._waiters.serve)
         self._owner.changed(self)
         if not self._leases:  # its clients left while it started
             self._owner.idle(self)

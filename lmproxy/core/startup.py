@@ -7,6 +7,7 @@ or until it is aborted (the service is stopped while it starts).
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from attrs import frozen
@@ -18,7 +19,7 @@ from lmproxy.config import ServiceConfig, is_tcp_port
 from lmproxy.core.groups import GroupRegistry, GroupSignaller
 from lmproxy.core.portcheck import PortCheck
 from lmproxy.core.process import ServiceProcess, StartError
-from lmproxy.core.readiness import ReadinessReactor, Wakeup, wait_until_ready
+from lmproxy.core.readiness import ConnectNow, ReadinessReactor, Wakeup, wait_until_ready
 from lmproxy.logs import log_observer
 
 log = Logger(observer=log_observer)
@@ -46,6 +47,10 @@ class Launcher:
     @ivar port_check: tells why a target port is taken, before each spawn
         (L{lmproxy.core.portcheck.port_taken}; lmproxy always has one; none
         in tests whose fake server is a port they listen on themselves).
+    @ivar connect: probes a loopback target port at every turn of the
+        reactor at first (L{lmproxy.core.readiness.connect_now}; lmproxy
+        always has one); the connection that finds the service ready is
+        kept for its first client (L{StartAttempt.take_connection}).
     """
 
     reactor: ReadinessReactor
@@ -53,6 +58,7 @@ class Launcher:
     output_service_logs: bool
     registry: GroupRegistry | None = None
     port_check: PortCheck | None = None
+    connect: ConnectNow | None = None
 
     def attempt(self, config: ServiceConfig) -> StartAttempt:
         """A new start attempt of the service C{config}, not begun yet."""
@@ -70,6 +76,7 @@ class StartAttempt:
         self._config = config
         self._wakeup = Wakeup(launcher.reactor)
         self._aborted: Deferred[str] = Deferred()
+        self._connection: socket.socket | None = None
         self.began = launcher.reactor.seconds()
         self.process = ServiceProcess(
             launcher.reactor,
@@ -80,6 +87,18 @@ class StartAttempt:
             on_output=self._wakeup.poke,
             registry=launcher.registry,
         )
+
+    def _keep_connection(self, sock: socket.socket) -> None:
+        self._connection = sock
+
+    def take_connection(self) -> socket.socket | None:
+        """
+        Once, after L{run} succeeded: the connection to the backend that
+        found it ready, if the probe made one that can be used (see
+        L{Launcher.connect}); the caller's to use or close.
+        """
+        sock, self._connection = self._connection, None
+        return sock
 
     def abort(self, reason: str) -> None:
         """End the attempt now: L{run} fails with C{reason}."""
@@ -124,6 +143,8 @@ class StartAttempt:
                 self._wakeup,
                 self._launcher.signal_group,
                 self._launcher.registry,
+                connect=self._launcher.connect,
+                connected=self._keep_connection,
             )
         )
         # A readiness error must end the race at once, not lose it silently:

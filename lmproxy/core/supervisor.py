@@ -26,7 +26,7 @@ from lmproxy.core.lifecycle import RUNNING, STARTING, STOPPED, STOPPING, WAITING
 from lmproxy.core.measured import Measurements
 from lmproxy.core.placement import Placement
 from lmproxy.core.portcheck import PortCheck
-from lmproxy.core.readiness import ReadinessReactor
+from lmproxy.core.readiness import ConnectNow, ReadinessReactor
 from lmproxy.core.resources import Ledger
 from lmproxy.core.startup import Launcher
 from lmproxy.core.status import StatusPublisher
@@ -71,10 +71,14 @@ class Supervisor(Service):
         signal_group: GroupSignaller = os.killpg,
         groups: GroupRegistry | None = None,
         port_check: PortCheck | None = None,
+        connect: ConnectNow | None = None,
     ) -> None:
         """
         @param port_check: run before each spawn: why the service's target
             port is taken already (L{lmproxy.core.portcheck}); none if C{None}.
+        @param connect: probes a started service's loopback port at every
+            turn of the reactor at first (see
+            L{lmproxy.core.startup.Launcher.connect}).
         """
         self._config = config
         self._reactor = reactor
@@ -83,7 +87,9 @@ class Supervisor(Service):
         self._measurements = Measurements(
             reactor, self._ledger, signal_group, self._measured, groups
         )
-        launcher = Launcher(reactor, signal_group, config.output_service_logs, groups, port_check)
+        launcher = Launcher(
+            reactor, signal_group, config.output_service_logs, groups, port_check, connect
+        )
         self._lifecycles = {
             s.name: ServiceLifecycle(s, self, launcher, config.max_wait) for s in config.services
         }

@@ -9,7 +9,10 @@ is what lets lmproxy notice at once that a waiting client has left; a client
 that leaves cancels its wait.  Once connected, bytes flow both ways with flow
 control, through a L{lmproxy.listen.relay.Relay} between the two sockets (or,
 for transports without a socket, through the transports, each the other's
-producer), and when either side closes the other is closed too.  A failed
+producer), and when either side closes the other is closed too.  A client
+that waited for a start gets the connection that found the backend ready, if
+its lease offers one (C{ILease.take_connection}), instead of opening
+another.  A failed
 connection to the backend is retried after L{ILease.reconnect} as long as the
 lease allows it (L{ILease.may_reconnect}: once per client), as the OpenAI port
 does.
@@ -23,8 +26,10 @@ read while the client's socket is full.
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IAddress, IReactorTCP, ITCPTransport
+from twisted.internet.interfaces import IAddress, IReactorSocket, IReactorTCP, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import portforward
@@ -33,7 +38,7 @@ from twisted.python.failure import Failure
 from lmproxy.config import ServiceConfig
 from lmproxy.interfaces import IBackends, ILease, ServiceUnavailable, UnknownService
 from lmproxy.listen.relay import Relay
-from lmproxy.logs import log_observer
+from lmproxy.logs import debugging, log_observer
 
 
 def _tune(transport: object) -> None:
@@ -98,11 +103,12 @@ class ServiceConnection(portforward.ProxyServer):
     def connectionMade(self) -> None:
         """Ask for a backend; read the client meanwhile (see the module)."""
         _tune(self.transport)
-        self.log.debug(
-            "{service}: client {peer} connected",
-            service=self.factory.service,
-            peer=self.transport.getPeer(),
-        )
+        if debugging():  # else the event is not even built (a cold start waits for it)
+            self.log.debug(
+                "{service}: client {peer} connected",
+                service=self.factory.service,
+                peer=self.transport.getPeer(),
+            )
         self._held: list[bytes] = []
         self._held_bytes = 0
         self._lease: ILease | None = None
@@ -143,6 +149,22 @@ class ServiceConnection(portforward.ProxyServer):
         client = self.clientProtocolFactory()
         client.setServer(self)
         assert self.reactor is not None  # set by ServiceProxyFactory.buildProtocol
+        # The lease may hand over the connection that found a freshly started
+        # backend ready.
+        made: socket.socket | None = lease.take_connection()
+        if made is not None:
+            try:
+                if IReactorSocket.providedBy(self.reactor):
+                    # Twisted takes a copy of the descriptor; ours is closed
+                    # below.  Any factory builds the protocol (typed as servers').
+                    IReactorSocket(self.reactor).adoptStreamConnection(
+                        made.fileno(),
+                        made.family,
+                        client,  # type: ignore[arg-type]
+                    )
+                    return
+            finally:
+                made.close()
         self.reactor.connectTCP(lease.host, lease.port, client)
 
     def _unavailable(self, reason: Failure) -> None:
@@ -186,11 +208,12 @@ class ServiceConnection(portforward.ProxyServer):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Cancel the wait or close the backend connection; release the lease."""
-        self.log.debug(
-            "{service}: client {peer} gone",
-            service=self.factory.service,
-            peer=self.transport.getPeer(),
-        )
+        if debugging():
+            self.log.debug(
+                "{service}: client {peer} gone",
+                service=self.factory.service,
+                peer=self.transport.getPeer(),
+            )
         self._closed = True
         if self._waiting is not None:
             waiting, self._waiting = self._waiting, None

@@ -48,6 +48,10 @@ class FakeLease:
             self.backends._proxied[self.service] -= 1
             self.backends.changed([self.service])
 
+    def take_connection(self) -> None:
+        """A fake backend is never connected to in advance."""
+        return None
+
     def reconnect(self) -> Deferred[ILease]:
         self.release()
         if not self.may_reconnect:

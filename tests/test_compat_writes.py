@@ -1,5 +1,5 @@
 """
-Tests for L{lmproxy.compat.writes}: what L{send_now} assumes of Twisted's TCP
+Tests for L{lmproxy.compat.writes}: what L{Sender} assumes of Twisted's TCP
 transports, on real connections over 127.0.0.1.
 """
 
@@ -15,7 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lmproxy.compat.tcp import socket_of
-from lmproxy.compat.writes import send_now
+from lmproxy.compat.writes import Sender
 from tests.harness import wait_for
 
 
@@ -52,7 +52,7 @@ class SendNowTests(TestCase):
     async def test_sent_at_once(self) -> None:
         """With nothing unsent, the bytes go on the socket at once: the transport holds none."""
         client, server = await self.connect()
-        send_now(client.transport, b"hello")
+        Sender(client.transport).send(b"hello")
         transport = client.transport
         self.assertEqual((transport.dataBuffer, transport._tempDataBuffer), (b"", []))
         self.assertNotIn(transport, reactor.getWriters())
@@ -66,8 +66,9 @@ class SendNowTests(TestCase):
         assert sock is not None
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         pieces = [bytes([65 + i % 26]) * 65536 for i in range(64)]
+        sender = Sender(client.transport)
         for piece in pieces:
-            send_now(client.transport, piece)
+            sender.send(piece)
         transport = client.transport
         self.assertTrue(transport.dataBuffer or transport._tempDataBuffer)  # assumption 1
         # Make room in the socket while the transport still holds bytes: a
@@ -75,7 +76,7 @@ class SendNowTests(TestCase):
         peer = socket_of(server.transport)
         assert peer is not None
         early = peer.recv(1 << 20)
-        send_now(client.transport, b"last")
+        sender.send(b"last")
         server.transport.resumeProducing()
         everything = b"".join(pieces) + b"last"
         await wait_for(lambda: len(early + server.data) == len(everything), 30, "every byte")
@@ -86,7 +87,7 @@ class SendNowTests(TestCase):
         client, _ = await self.connect()
         client.transport.loseConnection()
         self.assertTrue(client.transport.disconnecting)
-        send_now(client.transport, b"late")
+        Sender(client.transport).send(b"late")
         self.assertIn(b"late", [client.transport.dataBuffer, *client.transport._tempDataBuffer])
 
 
@@ -94,5 +95,5 @@ class OtherTransportTests(SynchronousTestCase):
     def test_string_transport(self) -> None:
         """A transport without a socket of its own gets a plain write."""
         transport = StringTransport()
-        send_now(transport, b"x")
+        Sender(transport).send(b"x")
         self.assertEqual(transport.value(), b"x")

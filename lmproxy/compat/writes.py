@@ -5,7 +5,7 @@ Sending on a TCP transport's socket at once, for the OpenAI port's hot path
 A transport's C{write} sends nothing itself: it buffers the bytes and asks
 the reactor to tell it when the socket is writable, so every message costs
 a turn of the loop and two changes of the reactor's interest in the socket
-(a tenth of the OpenAI port's CPU per request).  L{send_now} sends on the
+(a tenth of the OpenAI port's CPU per request).  L{Sender} sends on the
 socket at once when the transport holds nothing unsent, and gives the
 transport only what the socket did not take, so the bytes keep their order
 and the transport's own flow control (pausing its producer once its buffer
@@ -29,35 +29,42 @@ from typing import Any
 from lmproxy.compat.tcp import socket_of
 
 
-def send_now(transport: Any, data: bytes) -> None:
+class Sender:
     """
-    Send C{data} on C{transport}: straight on its socket when it holds
-    nothing unsent, the rest (or all of it) through C{transport.write}.
+    Sends on one connection: straight on its socket when its transport holds
+    nothing unsent, the rest (or all of it) through C{transport.write}.  The
+    socket is looked up once, when the connection is made.
+    """
 
-    @param transport: a connection's transport (any C{ITransport}; those
-        without a socket of their own, such as tests' C{StringTransport},
-        get a plain C{write}).
-    @param data: the bytes to send.
-    """
-    if (
-        getattr(transport, "dataBuffer", True)  # assumption 1; others have none
-        or getattr(transport, "_tempDataBuffer", True)
-        or transport.disconnecting  # assumption 2
-        or not transport.connected
-    ):
-        transport.write(data)
-        return
-    sock = socket_of(transport)
-    if sock is None:
-        transport.write(data)
-        return
-    try:
-        sent = sock.send(data)
-    except BlockingIOError:
-        sent = 0
-    except OSError:
-        # Reset or broken: the transport finds out itself and closes as it
-        # always does.
-        sent = 0
-    if sent < len(data):
-        transport.write(data[sent:])
+    def __init__(self, transport: Any) -> None:
+        """
+        @param transport: a connection's transport (any C{ITransport}; those
+            without a socket of their own, such as tests' C{StringTransport},
+            get a plain C{write}).
+        """
+        self._transport = transport
+        # Assumption 1: only FileDescriptors have dataBuffer.
+        tcp = hasattr(transport, "dataBuffer") and hasattr(transport, "_tempDataBuffer")
+        self._socket = socket_of(transport) if tcp else None
+
+    def send(self, data: bytes) -> None:
+        """Send C{data} after what was sent before."""
+        transport = self._transport
+        sock = self._socket
+        if (
+            sock is None
+            or transport.dataBuffer  # assumption 1
+            or transport._tempDataBuffer
+            or transport.disconnecting  # assumption 2
+            or not transport.connected
+        ):
+            transport.write(data)
+            return
+        try:
+            sent = sock.send(data)
+        except OSError:
+            # Full (BlockingIOError), or reset or broken: the transport finds
+            # out itself and closes as it always does.
+            sent = 0
+        if sent < len(data):
+            transport.write(data[sent:])

@@ -14,7 +14,7 @@ from __future__ import annotations
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IProtocol
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseNeverReceived
+from twisted.web.client import ResponseDone, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
@@ -113,9 +113,9 @@ class AgentReceiver:
         assert self._response is not None
         self._response._data(data)
 
-    def response_end(self, reason: Failure) -> None:
+    def response_end(self, reason: Failure | None) -> None:
         assert self._response is not None
-        self._response._end(reason)
+        self._response._end(Failure(ResponseDone()) if reason is None else reason)
 
     def response_never_received(self, reason: Failure) -> None:
         self.waiting.errback(reason)

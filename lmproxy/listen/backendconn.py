@@ -24,14 +24,13 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import (
     PotentialDataLoss,
-    ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
 )
 from twisted.web.http import NO_BODY_CODES
 from zope.interface import implementer
 
-from lmproxy.compat.writes import send_now
+from lmproxy.compat.writes import Sender
 
 # Kept by the connection, never shown in the answer's headers: how this
 # connection frames the body, and the rest of RFC 9110's hop-by-hop headers
@@ -79,10 +78,11 @@ class ResponseReceiver(TypingProtocol):
     def response_data(self, data: bytes) -> None:
         """Some of the body (unchunked)."""
 
-    def response_end(self, reason: Failure) -> None:
+    def response_end(self, reason: Failure | None) -> None:
         """
-        The body is over: C{ResponseDone}, C{PotentialDataLoss} (it ended
-        with the connection, as it said it would), or C{ResponseFailed}.
+        The body is over: complete (C{None}: no Failure is built for the
+        common case), C{PotentialDataLoss} (it ended with the connection, as
+        it said it would), or C{ResponseFailed}.
         """
 
     def response_never_received(self, reason: Failure) -> None:
@@ -124,6 +124,7 @@ class BackendConnection(Protocol):
         """No Nagle delay: a streamed request or answer goes out as it is written."""
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
+        self._sender = Sender(self.transport)
 
     def send(self, data: bytes, receiver: ResponseReceiver) -> None:
         """
@@ -131,7 +132,7 @@ class BackendConnection(Protocol):
         """
         self._receiver = receiver
         self._head_in = False
-        send_now(self.transport, data)
+        self._sender.send(data)
 
     def abandon(self) -> None:
         """Whoever sent the request has no use for its answer: close, and tell it nothing more."""
@@ -310,7 +311,7 @@ class BackendConnection(Protocol):
         else:
             self.transport.loseConnection()  # type: ignore[union-attr]
         if receiver is not None:
-            receiver.response_end(Failure(ResponseDone()))
+            receiver.response_end(None)
 
     def _fail(self, reason: Failure) -> None:
         """The exchange is broken: close the connection, tell whoever waits."""

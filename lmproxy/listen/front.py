@@ -40,7 +40,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lmproxy.compat.writes import send_now
+from lmproxy.compat.writes import Sender
 from lmproxy.listen.requesthead import MAX_HEAD_BYTES, RequestHead, head_end, parse_head
 from lmproxy.listen.timeouts import (
     BODY_LATE,
@@ -159,6 +159,7 @@ class FrontChannel(Protocol):
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
         transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._sender = Sender(transport)
         self._since = self._clock.seconds()
         self._timer.push(IDLE_SECONDS, self._check)
 
@@ -226,7 +227,7 @@ class FrontChannel(Protocol):
         whole = head.size + (head.content_length or 0)
         if len(self._buffer) < whole:
             if len(self._buffer) == head.size and head.one(b"expect") is not None:
-                send_now(self.transport, _CONTINUE)  # once: the body follows it
+                self._sender.send(_CONTINUE)  # once: the body follows it
             self._timer.push(BODY_STALL_SECONDS, self._check)
             return
         raw, self._buffer = self._buffer[:whole], self._buffer[whole:]
@@ -239,7 +240,7 @@ class FrontChannel(Protocol):
 
     def send(self, data: bytes) -> None:
         """Write C{data} to the client, at once when nothing waits before it."""
-        send_now(self.transport, data)
+        self._sender.send(data)
 
     def answered(self, keep_alive: bool) -> None:
         """

@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import PotentialDataLoss, ResponseDone
+from twisted.web.client import PotentialDataLoss
 from twisted.web.http import NO_BODY_CODES, RESPONSES
 
 from lmproxy.interfaces import ILease, ServiceUnavailable
@@ -242,9 +242,8 @@ class LeanExchange:
         else:
             self._channel.send(data)
 
-    def response_end(self, reason: Failure) -> None:
-        complete = reason.check(ResponseDone, PotentialDataLoss) is not None
-        if not complete:
+    def response_end(self, reason: Failure | None) -> None:
+        if reason is not None and reason.check(PotentialDataLoss) is None:
             log.warn(
                 "Backend {service} ended its response early: {reason}",
                 service=self._service,

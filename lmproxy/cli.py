@@ -137,6 +137,7 @@ def _options(quit: QuitSignals, config: Config, listening: dict[int, ListeningSo
     from lmproxy.tap import Options
 
     options = Options()
+    options.command = "lmproxy"
     options.quit = quit
     options.loaded = config
     options.listening = listening
@@ -150,8 +151,9 @@ def _parse_options(args: list[str], quit: QuitSignals) -> Options:
     from lmproxy.tap import Options
 
     options = Options()
+    options.command = "lmproxy"
     options.quit = quit
-    options.synopsis = "Usage: lmproxy [-c CONFIG]"  # twistd shows its own
+    options.synopsis = "Usage: lmproxy [-c CONFIG] [--logfile PATH]"  # twistd shows its own
     try:
         options.parseOptions(args)
     except usage.UsageError as e:

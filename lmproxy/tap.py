@@ -33,6 +33,7 @@ from lmproxy.core.supervisor import Supervisor
 from lmproxy.core.watchdog import Watchdog
 from lmproxy.fdlimit import raise_fd_limit
 from lmproxy.launch import fail, fail_ports, keep_tls_out
+from lmproxy.listen.banners import management_banner, openai_banner, service_banner
 from lmproxy.listen.ports import AdoptedPort, LazySite
 from lmproxy.listen.sockets import ListeningSocket, PortsUnavailable, port_keys, take_ports
 from lmproxy.listen.tcp import ServiceProxyFactory
@@ -40,6 +41,7 @@ from lmproxy.logs import log_observer, set_log_level
 from lmproxy.quitsignals import QuitSignals
 from lmproxy.requeststats import RequestStats
 from lmproxy.shutdown import ShutdownSignals
+from twisted import version as twisted_version
 
 if TYPE_CHECKING:
     from twisted.web.server import Site
@@ -53,7 +55,18 @@ class Options(usage.Options):
         "Start model servers on demand, stop idle ones to free resources, and "
         "proxy their ports. Without -c, ./config.json then ./config.jsonc is used."
     )
-    optParameters = [["config", "c", None, "Path of the config file (JSON or JSONC)."]]
+    optParameters = [
+        ["config", "c", None, "Path of the config file (JSON or JSONC)."],
+        [
+            "logfile",
+            "l",
+            None,
+            "Append the log to this file instead of writing it to standard output"
+            " (the lmproxy command; under twistd, give twistd its own --logfile).",
+        ],
+    ]
+    command = "twistd"
+    """Which program parses these options: C{"lmproxy"} for the lmproxy command."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -68,8 +81,20 @@ class Options(usage.Options):
         them before the config is parsed; L{makeService} opens the others.
         """
 
+    def opt_version(self) -> None:
+        """Display lmproxy's version (and Twisted's and Python's) and exit."""
+        from lmproxy import version
+
+        python = sys.version.split()[0]
+        print(f"lmproxy {version()} (Twisted {twisted_version.short()}, Python {python})")
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
         """Load the config; a config that cannot be used ends lmproxy with its problems."""
+        if self["logfile"] is not None and self.command != "lmproxy":
+            raise usage.UsageError(
+                "--logfile belongs to twistd here: twistd -n --logfile=PATH lmproxy -c CONFIG"
+            )
         # Under twistd, the first of lmproxy's code that runs: no quit signal
         # is lost (or a KeyboardInterrupt) from here on.
         self.quit.install()
@@ -113,8 +138,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     listening = _listen(config, options.listening)
     top = MultiService()
 
-    def listen(port: int, factory: IProtocolFactory) -> None:
-        AdoptedPort(reactor, listening[port], factory).setServiceParent(top)
+    def listen(port: int, factory: IProtocolFactory, banner: str) -> None:
+        AdoptedPort(reactor, listening[port], factory, banner).setServiceParent(top)
 
     # First: the processes a service leaves behind are re-parented to lmproxy
     # (and reaped by it) from its very first spawn on.
@@ -142,16 +167,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     for service in config.services:
         if service.listen_port is not None:
             factory = ServiceProxyFactory(supervisor, service, config.client_buffer_limit, reactor)
-            listen(service.listen_port, factory)
+            listen(service.listen_port, factory, service_banner(service, service.listen_port))
     sites: list[LazySite] = []
     # Counted by the OpenAI port, shown on the management API's /metrics.
     requests = RequestStats(service.name for service in config.services if service.openai_api)
     if config.openai_listen_port is not None:
         sites.append(LazySite(lambda: _openai_site(supervisor, config, reactor, requests)))
-        listen(config.openai_listen_port, sites[-1])
+        listen(
+            config.openai_listen_port, sites[-1], openai_banner(config, config.openai_listen_port)
+        )
     if config.management_listen_port is not None:
         sites.append(LazySite(lambda: _management_site(supervisor, config, reactor, requests)))
-        listen(config.management_listen_port, sites[-1])
+        port = config.management_listen_port
+        listen(port, sites[-1], management_banner(config, port))
     for site in sites:
         # Built on the reactor's first turn: after every port listens, before
         # the first client (usually) needs it.
@@ -180,12 +208,19 @@ def run(options: Options) -> int:
     """
     from twisted.internet import reactor
 
+    from lmproxy import version
+
     top = makeService(options, reactor)
-    # As twistd --nodaemon logs: to standard output, in its format, standard
-    # output and error redirected into the log.
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    # As twistd --nodaemon logs: to standard output (or --logfile), in its format.
+    path = options["logfile"]
+    try:
+        out = sys.stdout if path is None else open(path, "a", encoding="utf-8")  # noqa: SIM115
+    except OSError as e:
+        fail(f"the log file {path} cannot be opened: {e.strerror or e}", [])
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(out)])
     _log.info(
-        "lmproxy starting up (Python {python}, {reactor})",
+        "lmproxy {version} starting up (Python {python}, {reactor})",
+        version=version(),
         python=sys.version.split()[0],
         reactor=type(reactor).__name__,
     )

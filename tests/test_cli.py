@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.error import ConnectionRefusedError
+from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 import lmproxy.cli
@@ -273,6 +274,27 @@ class PrepareTests(SynchronousTestCase):
         self.assertIn("Usage: lmproxy [-c CONFIG]", stdout.getvalue())
         self.assertIn("-c, --config=", stdout.getvalue())
 
+    def test_version(self) -> None:
+        """lmproxy's own version, then Twisted's and Python's."""
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        error = self.assertRaises(SystemExit, self.prepare, ("--version",))
+        self.assertEqual(error.code, 0)
+        self.assertRegex(stdout.getvalue(), r"^lmproxy \S+ \(Twisted \S+, Python \S+\)\n$")
+
+    def test_logfile(self) -> None:
+        """The lmproxy command takes --logfile; twistd's own is twistd's."""
+        self.write(self.config)
+        path = str((self.cwd / "config.json").resolve())
+        options = self.prepare(("-c", path, "--logfile", "lmproxy.log"))
+        self.assertEqual(options["logfile"], "lmproxy.log")
+        twistd = Options()
+        twistd.quit = self.quit
+        error = self.assertRaises(
+            usage.UsageError, twistd.parseOptions, ["-c", "x.json", "--logfile", "y.log"]
+        )
+        self.assertIn("twistd -n --logfile=PATH lmproxy", str(error))
+
     def test_unusual_arguments(self) -> None:
         """Parsed by the twistd plugin's options, which load the config as usual."""
         self.write(self.config)
@@ -454,7 +476,7 @@ class CommandTests(TestCase):
     async def test_sigterm_once_running(self) -> None:
         lmproxy = self.two_services()
         lmproxy.spawn()
-        await wait_for(lambda: "lmproxy starting up" in lmproxy.output, 60, "the log")
+        await wait_for(lambda: "starting up (Python" in lmproxy.output, 60, "the log")
         await self.assertQuitsWith0(lmproxy, signal.SIGTERM)
         self.assertIn("SIGTERM: stopping every service", lmproxy.output)
 

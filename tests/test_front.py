@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -394,3 +395,31 @@ class RequestHeadTests(SynchronousTestCase):
             head = parse_head(b"POST /a HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
             assert head is not None
             self.assertEqual(head.plain_host(), plain, host)
+
+
+class LogLineTests(SynchronousTestCase):
+    """A client that leaves is one plain line, saying when it left."""
+
+    def setUp(self) -> None:
+        self.backends = RecordingBackends()
+        self.backends.set_state("chat", ServiceState.RUNNING)
+        self.wire = Wire(self.backends)
+
+    def left(self) -> list[str]:
+        with capturedLogs() as events:
+            self.wire.channel.connectionLost(Failure(ConnectionLost()))
+        return [formatEvent(e) for e in events]
+
+    def test_mid_answer(self) -> None:
+        self.wire.channel.dataReceived(post())
+        protocol, _ = self.wire.backend()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        self.assertEqual(
+            self.left(), ["POST /v1/chat/completions -> chat: the client left mid-answer"]
+        )
+
+    def test_before_the_answer(self) -> None:
+        self.wire.channel.dataReceived(post())
+        self.assertEqual(
+            self.left(), ["POST /v1/chat/completions -> chat: the client left before the response"]
+        )

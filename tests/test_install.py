@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
+from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
@@ -58,4 +60,8 @@ class InstalledPluginTests(TestCase):
         """CI proves the plain install: the package comes from site-packages."""
         if not os.environ.get("CI"):
             raise SkipTest("only meaningful after CI's plain pip install")
-        self.assertNotIn(str(PROJECT_ROOT), self.location)
+        # From this interpreter's site-packages (a venv may be inside the
+        # clone), not the source tree.
+        location = Path(self.location).resolve()
+        self.assertTrue(location.is_relative_to(Path(sysconfig.get_paths()["purelib"]).resolve()))
+        self.assertFalse(location.is_relative_to((PROJECT_ROOT / "lmproxy").resolve()))

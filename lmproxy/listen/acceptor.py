@@ -140,12 +140,16 @@ class AcceptingPort:
         factory: IProtocolFactory,
         shortage: DescriptorShortage = SHORTAGE,
         spare: SpareDescriptor | None = None,
+        banner: str | None = None,
     ) -> None:
         """
         @param reactor: watches the socket, adopts the clients, times the pauses.
         @param listening: a bound, listening, non-blocking TCP socket; the
             port owns it from now on.
         @param factory: builds a protocol for each connection.
+        @param banner: what the port serves, for the log line when it starts
+            (C{"OpenAI API on http://localhost:7070/v1"}); default: the
+            factory's name and the port.
         @param shortage: where a shortage of descriptors is reported.
         @param spare: the spare descriptor (default: the process's one).
         """
@@ -158,6 +162,7 @@ class AcceptingPort:
         self._spare = SPARE if spare is None else spare
         self._paused: IDelayedCall | None = None
         self._listening = False
+        self._banner = banner
 
     # --- IListeningPort ---------------------------------------------------------
 
@@ -167,7 +172,12 @@ class AcceptingPort:
         self._listening = True
         self._spare.take()
         self._fdset.addReader(self)
-        _log.info("{factory} starting on {port}", factory=self._name(), port=self._port_number())
+        if self._banner is None:
+            _log.info(
+                "{factory} starting on {port}", factory=self._name(), port=self._port_number()
+            )
+        else:
+            _log.info("{banner}", banner=self._banner)
 
     def stopListening(self) -> Deferred[None]:
         """Stop accepting, close the socket and stop the factory."""

@@ -283,10 +283,11 @@ class LeanExchange:
             return
         self._over = True
         log.info(
-            "{method} {path} -> {service}: the client left before the response",
+            "{method} {path} -> {service}: the client left {when}",
             method=self._head.method.decode("latin-1"),
             path=self._head.path.decode("latin-1"),
             service=self._service,
+            when="mid-answer" if self._code else "before the response",
         )
         self._tally.done(CLIENT_LEFT)
         waiting, self._waiting = self._waiting, None

@@ -38,7 +38,13 @@ class AdoptedPort(Service):
     stops.
     """
 
-    def __init__(self, reactor: Any, listening: ListeningSocket, factory: IProtocolFactory) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        listening: ListeningSocket,
+        factory: IProtocolFactory,
+        banner: str | None = None,
+    ) -> None:
         """
         @param reactor: an C{IReactorFDSet}, C{IReactorSocket} and C{IReactorTime}:
             watches the socket, adopts its clients.
@@ -46,8 +52,11 @@ class AdoptedPort(Service):
             (L{lmproxy.listen.sockets.listen_socket}); this service owns it
             from now on.
         @param factory: builds a protocol for each connection.
+        @param banner: the line logged when it starts listening (see
+            L{AcceptingPort}).
         """
         self._reactor = reactor
+        self._banner = banner
         self._socket: ListeningSocket | None = listening
         self._factory = factory
         self._port: IListeningPort | None = None
@@ -59,7 +68,12 @@ class AdoptedPort(Service):
         listening, self._socket = self._socket, None
         # Not the reactor's adoptStreamPort: an AcceptingPort outlives a
         # shortage of file descriptors (see lmproxy.listen.acceptor).
-        port = AcceptingPort(self._reactor, socket.socket(fileno=listening.detach()), self._factory)
+        port = AcceptingPort(
+            self._reactor,
+            socket.socket(fileno=listening.detach()),
+            self._factory,
+            banner=self._banner,
+        )
         port.startListening()
         self._port = port
 

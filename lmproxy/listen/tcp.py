@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from lmproxy.config import ServiceConfig
 from lmproxy.interfaces import IBackends, ILease, ServiceUnavailable, UnknownService
 from lmproxy.listen.relay import Relay
-from lmproxy.logs import debugging, log_observer
+from lmproxy.logs import address_text, debugging, log_observer
 
 
 def _tune(transport: object) -> None:
@@ -107,7 +107,7 @@ class ServiceConnection(portforward.ProxyServer):
             self.log.debug(
                 "{service}: client {peer} connected",
                 service=self.factory.service,
-                peer=self.transport.getPeer(),
+                peer=address_text(self.transport.getPeer()),
             )
         self._held: list[bytes] = []
         self._held_bytes = 0
@@ -175,7 +175,7 @@ class ServiceConnection(portforward.ProxyServer):
             self.log.info(
                 "{service}: closing client {peer}: {why}",
                 service=self.factory.service,
-                peer=self.transport.getPeer(),
+                peer=address_text(self.transport.getPeer()),
                 why=reason.getErrorMessage(),
             )
         else:
@@ -212,7 +212,7 @@ class ServiceConnection(portforward.ProxyServer):
             self.log.debug(
                 "{service}: client {peer} gone",
                 service=self.factory.service,
-                peer=self.transport.getPeer(),
+                peer=address_text(self.transport.getPeer()),
             )
         self._closed = True
         if self._waiting is not None:

@@ -177,6 +177,48 @@ class StartFailure:
 
 
 @frozen
+class Shortage:
+    """
+    One resource that a service waiting for resources lacks, and who holds it.
+
+    @ivar resource: its name.
+    @ivar needed: what the service requires of it.
+    @ivar available: what a service could take of it now, or None while a
+        measured resource has no value.
+    @ivar held_by: the other services that hold some of it (starting or running).
+    @ivar pinned: those of L{held_by} that are pinned: never stopped to free it.
+    @ivar in_use: those of L{held_by} that are in use (a proxied connection, or
+        a start that a client waits for): not stopped to free it, for now.
+    @ivar stopping: those of L{held_by} being stopped already: room is coming.
+    """
+
+    resource: str
+    needed: int
+    available: int | None
+    held_by: tuple[str, ...] = ()
+    pinned: tuple[str, ...] = ()
+    in_use: tuple[str, ...] = ()
+    stopping: tuple[str, ...] = ()
+
+
+@frozen
+class WaitingFor:
+    """
+    Why a service waits for resources (its state is C{waiting_for_resources}).
+
+    @ivar since: POSIX seconds when it began to wait.
+    @ivar shortages: each resource it lacks now; empty when what it needs is
+        free but it waits its turn (L{behind}) or for a measurement.
+    @ivar behind: services that asked earlier for some of the same resources
+        and wait too: they are served first.
+    """
+
+    since: float
+    shortages: tuple[Shortage, ...] = ()
+    behind: tuple[str, ...] = ()
+
+
+@frozen
 class ServiceStatus:
     """One service as /status shows it."""
 
@@ -194,6 +236,8 @@ class ServiceStatus:
     failed_starts: int
     evictions: int
     last_failure: StartFailure | None = None
+    pinned: bool = False
+    waiting_for: WaitingFor | None = None  # while it waits for resources
 
 
 @frozen

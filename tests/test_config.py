@@ -777,13 +777,13 @@ class ServiceProblemTests(ConfigTestCase):
             ),
             (
                 "ShutDownAfterInactivitySeconds",
-                -1,
-                "expected a non-negative number of seconds, got -1",
+                -2,
+                "expected -1 (never) or a non-negative number of seconds, got -2",
             ),
             (
                 "ShutDownAfterInactivitySeconds",
                 True,
-                "expected a non-negative number of seconds, got true",
+                "expected -1 (never) or a non-negative number of seconds, got true",
             ),
             ("OpenAiApiModels", "m", 'expected a list of model ids, got "m"'),
             ("ResourceRequirements", [], "expected an object, got a list"),

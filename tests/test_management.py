@@ -219,6 +219,8 @@ class StatusTests(ApiCase):
                 "failed_starts": 0,
                 "evictions": 0,
                 "last_failure": None,
+                "pinned": False,
+                "waiting_for": None,
                 "is_running": False,
                 "active_connections": 0,
             },

@@ -48,5 +48,6 @@ class StartupLinesTests(TestCase):
         self.assertIn(f"Dashboard and management API on http://127.0.0.1:{manage}/\n", text)
         self.assertIn(f"broken: port {port}, forwarded to 127.0.0.1:{target}\n", text)
         self.assertRegex(text, r"broken: closing client 127\.0\.0\.1:\d+: ")
+        self.assertRegex(text, r"broken: started /bin/false as pid \d+\n")
         self.assertNotIn("Address(", text)
         self.assertEqual(lmproxy.output, "", "everything went to the log file")

@@ -36,10 +36,12 @@ from lmproxy.interfaces import (
     ServiceState,
     ServiceStatus,
     ServiceUnavailable,
+    Shortage,
     Snapshot,
     StartFailure,
     StatusChange,
     UnknownService,
+    WaitingFor,
 )
 from lmproxy.testing import FakeProcess, MemoryProcessReactor
 
@@ -1952,6 +1954,8 @@ class StatusTests(SupervisorTestCase):
                 status=ServiceState.WAITING_FOR_RESOURCES,
                 waiting_connections=1,
                 last_used=T0 + 1,
+                # B is in use: it is not stopped for A.
+                waiting_for=WaitingFor(T0 + 1, (Shortage("VRAM", 6, 4, ("B",), (), ("B",)),)),
             ),
         )
         self.assertEqual(

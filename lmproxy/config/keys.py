@@ -10,8 +10,9 @@ derived from these declarations; code elsewhere names a key by its
 declaration (C{ServiceKeys.LISTEN_PORT}), never by a string.
 
 The keys of the C{OpenAiApi} and C{ManagementApi} objects are declared in
-L{lmproxy.config.apis} (and can be imported from here too), those of an
-C{ApiKeys} entry in L{lmproxy.config.access}.
+L{lmproxy.config.apis}, those of a resource in L{lmproxy.config.resourcekeys}
+(all can be imported from here too), those of an C{ApiKeys} entry in
+L{lmproxy.config.access}.
 
 The rules between keys of one object are each section's L{Section.check}.
 The rules that fill an attribute from several keys, or that involve several
@@ -27,8 +28,10 @@ from attrs import frozen
 
 from lmproxy.config.access import ip_address
 from lmproxy.config.apis import ManagementApiKeys, OpenAiApiKeys
-from lmproxy.config.model import DEFAULT_LISTEN_ADDRESS, Config, ResourceConfig, ServiceConfig
+from lmproxy.config.model import DEFAULT_LISTEN_ADDRESS, Config, ServiceConfig
 from lmproxy.config.problems import At
+from lmproxy.config.resourcekeys import ResourceKeys as ResourceKeys
+from lmproxy.config.resourcekeys import check_resources
 from lmproxy.config.schema import Fields, Key, Section, check_named, check_object, nested_object
 from lmproxy.config.values import (
     Invalid,
@@ -37,7 +40,8 @@ from lmproxy.config.values import (
     characters,
     count,
     display_name,
-    is_int,
+    environment,
+    idle_seconds,
     log_level,
     milliseconds,
     model_ids,
@@ -50,67 +54,10 @@ from lmproxy.config.values import (
     text,
 )
 
-_RESOURCE = attrs.fields(ResourceConfig)
+# ResourceKeys and check_resources are declared in lmproxy.config.resourcekeys.
+
 _SERVICE = attrs.fields(ServiceConfig)
 _CONFIG = attrs.fields(Config)
-
-
-class ResourceKeys(Section):
-    """The keys of an object in C{ResourcesAvailable} (see L{check_resources})."""
-
-    # No fills: build._resource gives amount (None when only measured).
-    AMOUNT = Key(
-        "Amount",
-        count,
-        doc="The total.  With a CheckCommand it may be left out (or 0): then it is only measured.",
-    )
-    CHECK_COMMAND = Key(
-        "CheckCommand",
-        text,
-        doc="A shell command that prints how much is free now.",
-        fills=_RESOURCE.check_command,
-    )
-    CHECK_INTERVAL = Key(
-        "CheckWhenNotEnoughIntervalMilliseconds",
-        milliseconds,
-        doc="How often to run the CheckCommand again while there is not enough.",
-        fills=_RESOURCE.check_interval,
-    )
-
-    @classmethod
-    def check(cls, fields: Fields, at: At) -> None:
-        """A resource needs an amount, a command that measures it, or both."""
-        if not (fields.given(cls.AMOUNT) or fields.given(cls.CHECK_COMMAND)):
-            at.problem(f"needs an {cls.AMOUNT.name}, a {cls.CHECK_COMMAND.name}, or both")
-
-
-def _resource(value: Any, at: At) -> Fields:
-    """One value of C{ResourcesAvailable}: an amount, or an object of L{ResourceKeys}."""
-    if is_int(value):
-        return Fields({ResourceKeys.AMOUNT: count(value, at)})
-    if not isinstance(value, JsonObject):
-        raise Invalid(
-            f"expected a non-negative integer, or an object with {ResourceKeys.AMOUNT.name}"
-            f" and/or {ResourceKeys.CHECK_COMMAND.name}, got {show(value)}"
-        )
-    return check_object(value, at, ResourceKeys)
-
-
-def check_resources(value: Any, at: At) -> dict[str, Fields | None]:
-    """
-    The converter of C{ResourcesAvailable}.
-
-    @return: resource name to its checked keys, or to C{None} when the
-        resource has a problem (so that no requirement of it is checked).
-    """
-    resources = check_named(value, at, _resource)
-    for name in resources:
-        try:
-            display_name(name, at)
-        except Invalid as e:
-            at.name(name).problem(f"the name {e}")
-            resources[name] = None
-    return {name: None if f is None or f.bad else f for name, f in resources.items()}
 
 
 def _requirements(value: Any, at: At) -> dict[str, int]:
@@ -203,8 +150,26 @@ class ServiceKeys(Section):
     # No fills: build._service falls back to the global one for idle_timeout.
     SHUT_DOWN_AFTER_INACTIVITY = Key(
         "ShutDownAfterInactivitySeconds",
-        seconds,
-        doc="Overrides the global ShutDownAfterInactivitySeconds for this service.",
+        idle_seconds,
+        doc="Overrides the global ShutDownAfterInactivitySeconds for this service; -1: never.",
+    )
+    PINNED = Key(
+        "Pinned",
+        boolean,
+        doc="Never evicted to make room for another service.",
+        fills=_SERVICE.pinned,
+    )
+    START_ON_LAUNCH = Key(
+        "StartOnLaunch",
+        boolean,
+        doc="Started when lmproxy starts, without waiting for a client.",
+        fills=_SERVICE.start_on_launch,
+    )
+    ENV = Key(
+        "Env",
+        environment,
+        doc="Environment variables added to lmproxy's for its commands.",
+        fills=_SERVICE.env,
     )
     RESTART_ON_CONNECTION_FAILURE = Key(
         "RestartOnConnectionFailure",
@@ -367,8 +332,8 @@ class TopLevelKeys(Section):
     )
     SHUT_DOWN_AFTER_INACTIVITY = Key(
         "ShutDownAfterInactivitySeconds",
-        seconds,
-        doc="Stop a service after this long without connections.",
+        idle_seconds,
+        doc="Stop a service after this long without connections; -1: never.",
         # What a service without its own gets: the model's default.
         fallback=_SERVICE.idle_timeout.default,
     )

@@ -74,7 +74,7 @@ class ServiceConfig:
     @ivar log_file_path: absolute; the parser's default is
         C{<cwd>/logs/<name>.log}.
     @ivar idle_timeout: the service's own C{ShutDownAfterInactivitySeconds},
-        else the global one.
+        else the global one; C{None}: never stopped for being idle (C{-1}).
     @ivar openai_api_models: the model ids served on the OpenAI port; the
         parser gives C{(name,)} to a service with C{OpenAiApi} and no list.
     @ivar service_url: the dashboard link, rendered (C{{{.PORT}}} replaced),
@@ -82,6 +82,10 @@ class ServiceConfig:
     @ivar resource_requirements: resource name to the amount used while the
         service runs.
     @ivar listen_address: the IP address its C{listen_port} is bound to.
+    @ivar pinned: never evicted to make room for another service.
+    @ivar start_on_launch: started when lmproxy starts, without a client.
+    @ivar env: variables added to lmproxy's environment for its Command,
+        HealthcheckCommand and KillCommand.
     """
 
     name: str
@@ -95,7 +99,7 @@ class ServiceConfig:
     healthcheck_command: str | None = None
     healthcheck_interval: float = DEFAULT_HEALTHCHECK_INTERVAL_SECONDS
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_SECONDS
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT_SECONDS
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_SECONDS
     restart_on_connection_failure: bool = False
     kill_command: str | None = None
     consider_stopped_on_process_exit: bool = True
@@ -106,6 +110,9 @@ class ServiceConfig:
     listen_address: str = DEFAULT_LISTEN_ADDRESS
     max_concurrent_requests: int | None = None
     max_queued_requests: int | None = None
+    pinned: bool = False
+    start_on_launch: bool = False
+    env: Mapping[str, str] = field(factory=dict)
 
 
 @frozen

@@ -299,3 +299,69 @@ def log_file_name(name: str) -> str:
         cut = encoded[:_MAX_FILE_NAME_BYTES].decode("utf-8", "ignore")
         safe = f"{cut}-{digest}"
     return f"{safe}.log"
+
+
+NEVER = -1
+"""The C{ShutDownAfterInactivitySeconds} that means "never stopped for being idle"."""
+
+
+def idle_seconds(value: Any, at: At) -> Any:
+    """
+    L{seconds}, or C{-1}: never (converted to C{None}); 0 is not set, as
+    large-model-proxy reads it (the default applies).
+    """
+    if is_int(value) and value == NEVER:
+        return None
+    try:
+        return seconds(value, at)
+    except Invalid:
+        raise Invalid(
+            f"expected {NEVER} (never) or a non-negative number of seconds, got {show(value)}"
+        ) from None
+
+
+RESERVED_VARIABLE = "LMPROXY_MARK"
+"""The variable lmproxy puts in each service's environment itself (L{lmproxy.core.descendants})."""
+
+
+def _variable_value(value: Any, at: At) -> Any:
+    if not isinstance(value, str):
+        raise Invalid(f"expected a string, got {show(value)}")
+    value = characters(value)
+    bad = _UNUSABLE.search(value)
+    if bad is not None:
+        raise Invalid(f"contains {show(bad[0])} at character {bad.start()}: no variable holds it")
+    return value
+
+
+def environment(value: Any, at: At) -> Any:
+    """
+    C{Env}: a map of environment variable names to strings, as a dict; C{{}}
+    is not set.  A name may not be empty, nor hold C{=} or NUL, nor be
+    L{RESERVED_VARIABLE}; a value may be C{""} but may not hold NUL.
+    """
+    if not isinstance(value, JsonObject):
+        raise Invalid(f"expected an object of variable names to strings, got {show(value)}")
+    variables: dict[str, str] = {}
+    seen: set[str] = set()
+    for name, item in value:
+        where = at.name(name)
+        if name in seen:
+            at.problem(f"{quote(name)} is given twice")
+            continue
+        seen.add(name)
+        if not name:
+            where.problem("an empty variable name")
+        elif "=" in name or _UNUSABLE.search(name):
+            where.problem(f"the variable name {show(name)} holds '=' or NUL: no variable can")
+        elif name == RESERVED_VARIABLE:
+            where.problem(
+                f"{RESERVED_VARIABLE} is lmproxy's own: it marks the service's processes"
+                " so that none outlives lmproxy"
+            )
+        else:
+            try:
+                variables[name] = _variable_value(item, where)
+            except Invalid as e:
+                where.problem(str(e))
+    return variables or UNSET

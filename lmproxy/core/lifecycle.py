@@ -134,6 +134,7 @@ class ServiceLifecycle:
             failed_starts=self._failures.count,
             evictions=self.evictions,
             last_failure=self._failures.shown(),
+            pinned=config.pinned,
         )
 
     # -- clients ----------------------------------------------------------
@@ -160,7 +161,7 @@ class ServiceLifecycle:
     def touch(self) -> None:
         """A use: refresh last_used, and re-arm the idle timer of a running service."""
         self.last_used = self._clock.seconds()
-        if self.state is RUNNING:
+        if self.state is RUNNING and self.config.idle_timeout is not None:  # None: never
             self._idle_timer.push(self.config.idle_timeout, self._idle_expired)
 
     def _wait(self) -> Deferred[None]:
@@ -219,7 +220,7 @@ class ServiceLifecycle:
         return self.acquire(reconnected=True)
 
     def _idle_expired(self) -> None:
-        if self.state is not RUNNING:
+        if self.state is not RUNNING or self.config.idle_timeout is None:
             return
         if self._leases:  # busy: look again later, last_used unchanged
             self._idle_timer.push(self.config.idle_timeout, self._idle_expired)

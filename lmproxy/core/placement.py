@@ -4,7 +4,8 @@ are free, otherwise stop the idle services whose resources together cover
 what is missing: starts that nobody waits for any more first, then running
 services, least recently used first; when no such set exists, stop nothing and
 let it wait.  A service with a lease (a proxied client) is never stopped to
-make room, and neither is one that starts for a waiting client.
+make room, neither is one that starts for a waiting client, and a pinned
+service never is.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from lmproxy.core.lifecycle import RUNNING, STOPPING, ServiceLifecycle
 from lmproxy.core.measured import Measurements
 from lmproxy.core.resources import Ledger, plan_eviction
 from lmproxy.core.status import StatusPublisher
-from lmproxy.logs import log_observer
+from lmproxy.logs import amounts_text, log_observer
 
 
 class Placement:
@@ -66,7 +67,7 @@ class Placement:
             return
         # A start nobody waits for has served no one yet: it goes first.
         idle = sorted(
-            (o for o in lifecycles if o.idle),
+            (o for o in lifecycles if o.idle and not o.config.pinned),
             key=lambda o: (o.state is RUNNING, o.last_used or 0.0),
         )
         victims = plan_eviction(missing, [(o.name, self._ledger.holding(o.name)) for o in idle])
@@ -75,9 +76,9 @@ class Placement:
                 self._reported.add(lc.name)
                 self.log.info(
                     "{service}: waiting for resources: {missing} more needed, held by "
-                    "services in use",
+                    "services in use or pinned (see /status)",
                     service=lc.name,
-                    missing=missing,
+                    missing=amounts_text(missing),
                 )
             self._measurements.recheck_later(r for r in missing if self._ledger.is_measured(r))
             return
@@ -85,7 +86,7 @@ class Placement:
             self.log.info(
                 "{victim}: stopping it to free {missing} for {service}",
                 victim=name,
-                missing=missing,
+                missing=amounts_text(missing),
                 service=lc.name,
             )
             self._publisher.service_evicted(name)

@@ -132,7 +132,7 @@ class _ServiceProtocol(ProcessProtocol):
 class ServiceProcess:
     """
     One run of a service's C{Command Args}: in C{WorkDir}, in a session of
-    its own, with lmproxy's environment and the run's mark, stdin from
+    its own, with lmproxy's environment, its C{Env} and the run's mark, stdin from
     /dev/null, stdout and stderr appended to the log file and, when
     C{output_logs}, echoed as C{[name/stdout] line} into lmproxy's log.
 
@@ -194,7 +194,8 @@ class ServiceProcess:
             self._close_log()
             raise StartError(f"cannot open {os.devnull}: {e}", retryable=True) from None
         self._argv = [executable, *argv]
-        env = {**os.environ, MARK_VARIABLE: self.strays.mark}
+        # Env is checked: it never holds the mark (lmproxy.config.values.environment).
+        env = {**os.environ, **config.env, MARK_VARIABLE: self.strays.mark}
         self.strays.begin()
         fds: dict[int, int | str] = {0: devnull, 1: "r", 2: "r"}
         try:
@@ -227,13 +228,16 @@ class ServiceProcess:
     def _spawned(self, pid: int, signal_leader: LeaderSignaller) -> None:
         self.group.started(pid, signal_leader)
         if self._registry is not None:
-            run = ServiceRun(self.strays.mark, self._config.kill_command, self._config.work_dir)
+            config = self._config
+            run = ServiceRun(
+                self.strays.mark, config.kill_command, config.work_dir, tuple(config.env.items())
+            )
             self._registry.add(pid, run)
         self.strays.spawned(pid)  # after the watchdog knows of the group: it reads /proc
         self.log.info(
             "{service}: started {argv} as pid {pid}",
             service=self._config.name,
-            argv=self._argv,
+            argv=shlex.join(self._argv),
             pid=pid,
         )
 
@@ -295,6 +299,7 @@ class ServiceProcess:
                 cwd=self._config.work_dir,
                 signal_group=self._signal_group,
                 registry=self._registry,
+                env=self._config.env,
             )
         )
         try:

@@ -247,6 +247,7 @@ async def _healthcheck_passes(
             cwd=config.work_dir,
             signal_group=signal_group,
             registry=registry,
+            env=config.env,
         )
         if result.exit_code == 0:
             return

@@ -7,7 +7,8 @@ input which process groups it owns, one line each::
 
     +PGID    lmproxy now owns group PGID (a service's, or a helper command's)
     *JSON    lmproxy now owns group PGID, a service's run: {"pgid": PGID,
-             "mark": MARK, "kill_command": COMMAND or null, "work_dir": DIR or null}
+             "mark": MARK, "kill_command": COMMAND or null, "work_dir": DIR or null,
+             "env": {NAME: VALUE} (only when the service has an Env)}
     -PGID    group PGID is gone
 
 Each line is one verb character and its argument.  A line this child does not
@@ -16,7 +17,7 @@ understand is ignored, so the protocol can grow new verbs without a flag day.
 When the pipe closes (lmproxy has exited, however it died, SIGKILL included),
 the child runs the KillCommand of every service run still registered, all at
 once, as lmproxy runs them (C{sh -c} in a session of its own, in the service's
-WorkDir, with lmproxy's environment), for at most L{KILL_COMMANDS_SECONDS} in
+WorkDir, with lmproxy's environment and the service's Env), for at most L{KILL_COMMANDS_SECONDS} in
 all.  Then it sends SIGTERM to every group still registered and to the
 processes that carry a registered run's mark but left its group
 (L{lmproxy.core.descendants}), and SIGKILL to those still there after
@@ -70,11 +71,14 @@ class ServiceRun(NamedTuple):
     @ivar mark: the mark in the environment of the run's processes.
     @ivar kill_command: the service's KillCommand, if it has one.
     @ivar work_dir: the directory the KillCommand runs in (lmproxy's own if C{None}).
+    @ivar env: the service's C{Env}, (name, value) pairs added to the
+        KillCommand's environment.
     """
 
     mark: str
     kill_command: str | None = None
     work_dir: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
 
 
 def add_line(pgid: int) -> bytes:
@@ -93,12 +97,14 @@ def service_line(pgid: int, run: ServiceRun) -> bytes:
     @param pgid: the group of the run's process.
     @param run: how to clean up after it.
     """
-    fields = {
+    fields: dict[str, object] = {
         "pgid": pgid,
         "mark": run.mark,
         "kill_command": run.kill_command,
         "work_dir": run.work_dir,
     }
+    if run.env:
+        fields["env"] = dict(run.env)
     # ASCII (non-ASCII escaped), and newlines escaped: one line.
     return b"*" + json.dumps(fields).encode("ascii") + b"\n"
 
@@ -137,15 +143,21 @@ def _optional_text(value: object) -> str | None:
     raise ValueError(value)
 
 
+def _env(value: object) -> tuple[tuple[str, str], ...]:
+    if not (isinstance(value, dict) and all(isinstance(x, str) for p in value.items() for x in p)):
+        raise ValueError(value)
+    return tuple(value.items())
+
+
 def _service(text: str) -> tuple[int, ServiceRun] | None:
     """The group and run a C{*} line's argument describes, or C{None}."""
     try:
         fields = json.loads(text)
         pgid = _pgid(fields["pgid"])
         mark = fields["mark"]
-        run = ServiceRun(
-            mark, _optional_text(fields["kill_command"]), _optional_text(fields["work_dir"])
-        )
+        command, work_dir = fields["kill_command"], fields["work_dir"]
+        env = _env(fields.get("env", {}))
+        run = ServiceRun(mark, _optional_text(command), _optional_text(work_dir), env)
     except (ValueError, TypeError, KeyError):
         return None
     if pgid is None or not (isinstance(mark, str) and mark):
@@ -284,6 +296,7 @@ def spawn_kill_command(run: ServiceRun) -> _Running:
     return subprocess.Popen(
         ["/bin/sh", "-c", run.kill_command],
         cwd=run.work_dir,
+        env={**os.environ, **dict(run.env)},
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )

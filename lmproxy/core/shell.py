@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from collections.abc import Mapping
 
 from attrs import frozen
 from twisted.internet.defer import CancelledError, Deferred, FailureGroup, race
@@ -124,6 +125,7 @@ async def run_shell(
     cwd: str | None = None,
     signal_group: GroupSignaller = os.killpg,
     registry: GroupRegistry | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> ShellResult:
     """
     Run C{sh -c command} in its own session, killing its whole group if it
@@ -132,6 +134,7 @@ async def run_shell(
     failed: no exit code, and the reason in C{how}.
 
     @param registry: told of the command's group while it may have members.
+    @param env: variables added to lmproxy's environment (a service's C{Env}).
     """
     group = ProcessGroup(reactor, signal_group)
     protocol = _CapturingProtocol(group, registry)
@@ -140,7 +143,7 @@ async def run_shell(
             protocol,
             SETSID,
             [SETSID, "/bin/sh", "-c", command],
-            env=dict(os.environ),
+            env={**os.environ, **(env or {})},
             path=cwd,
             childFDs={0: "w", 1: "r", 2: "r"},
         )

@@ -15,12 +15,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lmproxy.config import Config
+from lmproxy.core.explain import waiting_for
 from lmproxy.core.groups import GroupRegistry, GroupSignaller
 from lmproxy.core.lifecycle import RUNNING, STARTING, STOPPED, STOPPING, WAITING, ServiceLifecycle
 from lmproxy.core.measured import Measurements
@@ -94,6 +97,7 @@ class Supervisor(Service):
             s.name: ServiceLifecycle(s, self, launcher, config.max_wait) for s in config.services
         }
         self._queue: list[ServiceLifecycle] = []  # waiting for resources, in arrival order
+        self._waiting_since: dict[str, float] = {}  # of the services in _queue
         self._placement = Placement(
             self._ledger, self._measurements, self._publisher, self._lifecycles.values()
         )
@@ -107,7 +111,24 @@ class Supervisor(Service):
     def startService(self) -> None:
         super().startService()
         # After the listeners are up: a slow CheckCommand must not delay them.
-        self._reactor.callLater(0, self._measurements.check_all)
+        self._reactor.callLater(0, self._launched)
+
+    def _launched(self) -> None:
+        self._measurements.check_all()
+        for lc in self._lifecycles.values():  # in config order
+            if lc.config.start_on_launch and not self._stopping:
+                self.log.info("{service}: starting it (StartOnLaunch)", service=lc.name)
+                lc.acquire().addCallbacks(
+                    lambda lease: lease.release(), self._preload_failed, errbackArgs=(lc.name,)
+                )
+
+    def _preload_failed(self, failure: Failure, service: str) -> None:
+        """A start on launch failed: like a client's, it is logged, and lmproxy goes on."""
+        self.log.warn(
+            "{service}: not started on launch: {reason}",
+            service=service,
+            reason=failure.getErrorMessage(),
+        )
 
     def stopService(self) -> Deferred[None]:
         """Stop every service in parallel; fires when every process group is gone."""
@@ -148,7 +169,7 @@ class Supervisor(Service):
     def snapshot(self) -> Snapshot:
         return Snapshot(
             started_at=self._started_at,
-            services=tuple(lc.status() for lc in self._lifecycles.values()),
+            services=tuple(self._status(lc) for lc in self._lifecycles.values()),
             resources=tuple(self.resource_status(r.name) for r in self._config.resources),
         )
 
@@ -156,7 +177,15 @@ class Supervisor(Service):
         lifecycle = self._lifecycles.get(service)
         if lifecycle is None:
             raise UnknownService(service)
-        return lifecycle.status()
+        return self._status(lifecycle)
+
+    def _status(self, lc: ServiceLifecycle) -> ServiceStatus:
+        status = lc.status()
+        since = self._waiting_since.get(lc.name)
+        if lc.state is not WAITING or since is None:
+            return status
+        why = waiting_for(lc, since, self._queue, self._ledger, self._lifecycles)
+        return attrs.evolve(status, waiting_for=why)
 
     def resource_status(self, resource: str) -> ResourceStatus:
         waiting = [(lc.name, lc.config.resource_requirements) for lc in self._queue]
@@ -176,9 +205,11 @@ class Supervisor(Service):
         needs = lc.config.resource_requirements
         if new is WAITING:
             self._queue.append(lc)
+            self._waiting_since[lc.name] = self._reactor.seconds()
             self._placement.waiting(lc)
         elif old is WAITING:
             self._queue.remove(lc)
+            self._waiting_since.pop(lc.name, None)
         if new is STARTING:
             self._ledger.hold(lc.name, needs)
         elif new is RUNNING:
@@ -188,6 +219,7 @@ class Supervisor(Service):
         if (old, new) in _STALE_AFTER:
             self._measurements.invalidate(needs)
         self._publisher.service_changed(lc.name, needs)
+        self._explanations_changed()
         if new is WAITING or new is STOPPED:
             self._schedule()
 
@@ -197,12 +229,19 @@ class Supervisor(Service):
 
     def changed(self, lc: ServiceLifecycle) -> None:
         self._publisher.service_changed(lc.name)
+        self._explanations_changed()
+
+    def _explanations_changed(self) -> None:
+        """What a waiting service's C{waiting_for} says may have changed: tell the observers."""
+        for waiting in self._queue:
+            self._publisher.service_changed(waiting.name)
 
     def start_finished(self, lc: ServiceLifecycle, seconds: float, ok: bool) -> None:
         self._publisher.start_finished(lc.name, seconds, ok)
 
     def _measured(self, resource: str) -> None:
         self._publisher.resource_changed(resource)
+        self._explanations_changed()
         self._schedule()
 
     # -- scheduling ---------------------------------------------------------

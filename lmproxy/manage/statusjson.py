@@ -14,8 +14,10 @@ from lmproxy.interfaces import (
     ResourceStatus,
     ServiceState,
     ServiceStatus,
+    Shortage,
     Snapshot,
     StartFailure,
+    WaitingFor,
 )
 
 JSONObject = dict[str, Any]
@@ -48,9 +50,33 @@ def service_json(service: ServiceStatus) -> JSONObject:
         "failed_starts": service.failed_starts,
         "evictions": service.evictions,
         "last_failure": _failure_json(service.last_failure),
+        "pinned": service.pinned,
+        "waiting_for": _waiting_json(service.waiting_for),
         # The names upstream's README documents, kept for its users' scripts.
         "is_running": service.status == ServiceState.RUNNING,
         "active_connections": service.waiting_connections + service.proxied_connections,
+    }
+
+
+def _waiting_json(waiting: WaitingFor | None) -> JSONObject | None:
+    if waiting is None:
+        return None
+    return {
+        "since": rfc3339(waiting.since),
+        "resources": [_shortage_json(s) for s in waiting.shortages],
+        "behind": list(waiting.behind),
+    }
+
+
+def _shortage_json(shortage: Shortage) -> JSONObject:
+    return {
+        "resource": shortage.resource,
+        "needed": shortage.needed,
+        "available": shortage.available,
+        "held_by": list(shortage.held_by),
+        "pinned": list(shortage.pinned),
+        "in_use": list(shortage.in_use),
+        "stopping": list(shortage.stopping),
     }
 
 

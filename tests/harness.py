@@ -13,14 +13,14 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -208,7 +208,34 @@ def delta_texts(chunks: list[ChatCompletionChunk]) -> list[str]:
     return [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
 
 
-class _Output(ProcessProtocol):
+P = TypeVar("P", bound=Protocol)
+
+
+async def connected_pair(test: TestCase, server: type[P]) -> tuple[Protocol, P]:
+    """
+    A real TCP connection on 127.0.0.1: its client's protocol and its
+    server's (a C{server}); both ends are closed when the test ends.
+    """
+    accepted: Deferred[P] = Deferred()
+
+    class Accepted(server):  # type: ignore[valid-type, misc]
+        def connectionMade(self) -> None:
+            super().connectionMade()
+            accepted.callback(self)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Accepted), interface="127.0.0.1")
+    test.addCleanup(port.stopListening)
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+    client = await connectProtocol(endpoint, Protocol())
+    accepted_server = await accepted
+    test.addCleanup(accepted_server.transport.loseConnection)
+    test.addCleanup(client.transport.loseConnection)
+    return client, accepted_server
+
+
+class ProcessOutput(ProcessProtocol):
+    """A child process as a test sees it: everything it wrote, its end and its exit code."""
+
     def __init__(self) -> None:
         self.data = bytearray()
         self.ended: Deferred[int | None] = Deferred()
@@ -243,7 +270,7 @@ class Lmproxy:
         self.dir.mkdir(parents=True)
         self.config_path = self.dir / "config.json"
         self.config_path.write_text(json.dumps(config, indent=2))
-        self._output = _Output()
+        self._output = ProcessOutput()
         self.pid: int | None = None
 
     @property

@@ -15,9 +15,8 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -29,6 +28,7 @@ from twisted.web.server import Request, Site
 from lmproxy.compat.process import can_spawn_in_session, spawn_in_session, twisted_children
 from lmproxy.compat.tcp import socket_of
 from lmproxy.compat.web import EarlyAnswerRequest
+from tests.harness import ProcessOutput, connected_pair
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 50000)
 
@@ -158,18 +158,6 @@ class TwistedAssumptionTests(TestCase):
         self.assertNotIn(pid, twisted_children())
 
 
-class _Output(ProcessProtocol):
-    def __init__(self) -> None:
-        self.out = b""
-        self.ended: Deferred[None] = Deferred()
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        self.out += data
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(None)
-
-
 class SessionSpawnTests(TestCase):
     """What L{spawn_in_session} assumes of Twisted's C{Process} (real children)."""
 
@@ -177,7 +165,7 @@ class SessionSpawnTests(TestCase):
     SCRIPT = "read -r a b c d e f g < /proc/$$/stat; echo $$ $e $f; pwd"
 
     async def _script(self, path: str | None) -> list[str]:
-        protocol = _Output()
+        protocol = ProcessOutput()
         devnull = os.open(os.devnull, os.O_RDONLY)
         self.addCleanup(os.close, devnull)
         spawn_in_session(
@@ -190,7 +178,7 @@ class SessionSpawnTests(TestCase):
             {0: devnull, 1: "r", 2: "r"},
         )
         await protocol.ended
-        return protocol.out.decode().split()
+        return protocol.data.decode().split()
 
     def test_posix_reactor(self) -> None:
         self.assertTrue(can_spawn_in_session(reactor))
@@ -222,18 +210,7 @@ class PausedTransportTests(TestCase):
     """What L{lmproxy.compat.tcp} assumes of Twisted's TCP transports (a real connection)."""
 
     async def test_paused_transport_is_not_watched(self) -> None:
-        accepted: Deferred[Protocol] = Deferred()
-
-        class Accepted(Protocol):
-            def connectionMade(self) -> None:
-                accepted.callback(self)
-
-        port = reactor.listenTCP(0, Factory.forProtocol(Accepted), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        client = await connectProtocol(
-            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Protocol()
-        )
-        server = await accepted
+        client, server = await connected_pair(self, Protocol)
         for protocol in (client, server):
             transport = protocol.transport
             self.assertIsNotNone(socket_of(transport))

@@ -8,15 +8,13 @@ from __future__ import annotations
 import socket
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lmproxy.compat.tcp import socket_of
 from lmproxy.compat.writes import Sender
-from tests.harness import wait_for
+from tests.harness import connected_pair, wait_for
 
 
 class Collector(Protocol):
@@ -33,21 +31,7 @@ class SendNowTests(TestCase):
     """Assumptions 1 and 2 of L{lmproxy.compat.writes}, on a real connection."""
 
     async def connect(self) -> tuple[Protocol, Collector]:
-        accepted: Deferred[Collector] = Deferred()
-
-        class Accepted(Collector):
-            def connectionMade(self) -> None:
-                accepted.callback(self)
-
-        port = reactor.listenTCP(0, Factory.forProtocol(Accepted), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        client = await connectProtocol(
-            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Protocol()
-        )
-        server = await accepted
-        self.addCleanup(server.transport.loseConnection)
-        self.addCleanup(client.transport.loseConnection)
-        return client, server
+        return await connected_pair(self, Collector)
 
     async def test_sent_at_once(self) -> None:
         """With nothing unsent, the bytes go on the socket at once: the transport holds none."""

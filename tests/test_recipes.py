@@ -31,15 +31,13 @@ from typing import Any
 
 import json5
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from tests import test_recipes_fake as fake
 from tests.harness import (
     PROJECT_ROOT,
     Lmproxy,
+    ProcessOutput,
     child_env,
     eventually,
     free_ports,
@@ -56,20 +54,6 @@ LMPROXY = [sys.executable, "-m", "lmproxy", "-c", "config.json"]
 QWEN, MISTRAL = "qwen", "mistral"
 MISTRAL_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
 """The model id under which the recipes serve the service C{mistral}."""
-
-
-class _Daemon(ProcessProtocol):
-    """The fake platform's daemon, as the test sees it: its output and its end."""
-
-    def __init__(self) -> None:
-        self.output = bytearray()
-        self.ended: Deferred[None] = Deferred()
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        self.output += data
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(None)
 
 
 class Platform:
@@ -96,7 +80,7 @@ class Platform:
                 f' {tool} {shlex.quote(str(self.state))} "$@"\n'
             )
             path.chmod(0o755)
-        self._daemon = _Daemon()
+        self._daemon = ProcessOutput()
 
     def env(self) -> dict[str, str]:
         """lmproxy's environment: this source tree first, the fake commands first on PATH."""
@@ -114,7 +98,7 @@ class Platform:
             DEADLINE,
             "the fake platform's daemon to serve",
         )
-        self.test.assertFalse(self._daemon.ended.called, self._daemon.output.decode())
+        self.test.assertFalse(self._daemon.ended.called, self._daemon.data.decode())
 
     async def _stop(self) -> None:
         # The daemon stops its workloads when told; end any that a crash left.

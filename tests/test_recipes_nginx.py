@@ -23,15 +23,13 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.http_headers import Headers
 
 from tests.harness import (
     PROJECT_ROOT,
     Lmproxy,
+    ProcessOutput,
     demo_service,
     free_ports,
     http,
@@ -105,20 +103,6 @@ http {{
 """
     )
     return path
-
-
-class _Nginx(ProcessProtocol):
-    """nginx in the foreground, as the test sees it: its output and its end."""
-
-    def __init__(self) -> None:
-        self.output = bytearray()
-        self.ended: Deferred[None] = Deferred()
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        self.output += data
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(None)
 
 
 class SyntaxTests(TestCase):
@@ -207,7 +191,7 @@ class RoutingTests(TestCase):
         snippet.write_text(text)
         prefix = work / "nginx"
         config = main_config(prefix, snippet)
-        process = _Nginx()
+        process = ProcessOutput()
         argv = [binary, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(config)]
         argv += ["-g", "daemon off; master_process off;"]
         transport = reactor.spawnProcess(process, binary, argv, env=dict(os.environ))
@@ -225,7 +209,7 @@ class RoutingTests(TestCase):
             DEADLINE,
             "nginx to listen",
         )
-        self.assertFalse(process.ended.called, process.output.decode())
+        self.assertFalse(process.ended.called, process.data.decode())
         base = f"http://127.0.0.1:{front}"
 
         # By path prefix.

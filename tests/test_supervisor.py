@@ -473,6 +473,34 @@ class HealthcheckTests(SupervisorTestCase):
         self.assertEqual(self.state("A"), ServiceState.RUNNING)
         self.assertEqual(self.resource("VRAM").in_use, 6)
 
+    def test_failed_launcher_fails_the_start_at_once(self) -> None:
+        """
+        Without ConsiderStoppedOnProcessExit, a launcher that exits with a
+        failure (C{docker run} with no such image: status 125) fails the start
+        at once, with its status, and not for a retry: nothing of it could
+        become ready.
+        """
+        self.supervise(
+            [
+                self.service(
+                    "A",
+                    {"VRAM": 6},
+                    healthcheck_command=self.HC,
+                    consider_stopped_on_process_exit=False,
+                )
+            ],
+            [ResourceConfig("VRAM", 10)],
+        )
+        d = self.acquire("A")
+        self.proc("A").exit(125)
+        self.reactor.advance(1)  # the pipes' drain, bounded
+        failure = self.failureResultOf(d, ServiceUnavailable)
+        self.assertTrue(str(failure.value).startswith("service 'A' failed to start: process"))
+        self.assertIn("status 125", str(failure.value))
+        self.assertFalse(failure.value.retryable)
+        self.assertEqual(self.state("A"), ServiceState.STOPPED)
+        self.assertEqual(self.free("VRAM"), 10)
+
     def test_first_healthcheck_stuck_until_timeout(self) -> None:
         """
         A healthcheck that never ends is killed (its group) at the startup

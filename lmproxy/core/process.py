@@ -258,6 +258,11 @@ class ServiceProcess:
     def exit_description(self) -> str | None:
         return self.group.exit_description
 
+    @property
+    def exit_code(self) -> int | None:
+        """Its exit status once it has exited; C{None} before, or when a signal ended it."""
+        return self.group.exit_code
+
     async def stop(self, use_kill_command: bool = True) -> None:
         """
         Run the KillCommand (if any, with a time limit), then SIGTERM the

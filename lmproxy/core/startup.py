@@ -100,6 +100,22 @@ class StartAttempt:
         sock, self._connection = self._connection, None
         return sock
 
+    def _launcher_failed(self) -> Deferred[None]:
+        """
+        Fires if the process exits with a failure (a status other than 0,
+        or a signal): a launcher (C{docker run -d}, C{kubectl scale}) exits as
+        a matter of course once it has done its job, but one that failed (no
+        such image, a bad flag) leaves nothing that could become ready.
+        """
+        failed: Deferred[None] = Deferred()
+
+        def exited(_: object) -> None:
+            if self.process.exit_code != 0 and not failed.called:
+                failed.callback(None)
+
+        self.process.when_exited().addCallback(exited)
+        return failed
+
     def abort(self, reason: str) -> None:
         """End the attempt now: L{run} fails with C{reason}."""
         if not self._aborted.called:
@@ -157,6 +173,8 @@ class StartAttempt:
         ]
         if config.consider_stopped_on_process_exit:
             contenders.append(self.process.when_exited())
+        else:
+            contenders.append(self._launcher_failed())
         index, result = await race(contenders)
         if index == 0 and isinstance(result, str):
             return result

@@ -32,7 +32,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.server import Site
 
 from lmproxy.config import Config, ResourceConfig, ServiceConfig
-from lmproxy.interfaces import ServiceState, StartFailure
+from lmproxy.interfaces import ServiceState, Shortage, StartFailure, WaitingFor
 from lmproxy.listen.guard import management_resource
 from lmproxy.manage.api import ManagementApi
 from lmproxy.testing import ScriptedBackends
@@ -385,8 +385,13 @@ class DashboardBrowserTests(ScriptedBrowserTestCase):
         self.backends.finish_start(ZETA)
         self.backends.set_state(QWEN, ServiceState.STARTING)
         self.backends.acquire(MARKUP)
+        self.backends.service_changes[ZETA]["pinned"] = True
+        self.backends.service_changes[MARKUP]["waiting_for"] = WaitingFor(
+            time.time() - 3, (Shortage("VRAM", 20000, 10000, (ZETA, ALPHA), (ZETA,), (ALPHA,)),)
+        )
         self.backends.set_state(MARKUP, ServiceState.WAITING_FOR_RESOURCES)
         await self.in_browser(lambda: self.wait_state(MARKUP, ServiceState.WAITING_FOR_RESOURCES))
+        await self.in_browser(self.rows_explain)
         await self.in_browser(self.screenshot)
         await self.in_browser(self.columns_fit)
 
@@ -441,6 +446,22 @@ class DashboardBrowserTests(ScriptedBrowserTestCase):
         self.assertEqual(self.driver.title, "lmproxy")
         self.assertEqual(self.names(self.driver), [ZETA, MARKUP, ALPHA, QWEN])
         self.assertFalse(self.driver.find_element(By.ID, "key-panel").is_displayed())
+
+    def rows_explain(self) -> None:
+        """A waiting row says what it waits for and who holds it; a pinned one says so."""
+        assert self.driver is not None
+
+        def details(name: str) -> Callable[[WebDriver], str]:
+            return lambda d: self.row(d, name).find_element(By.CSS_SELECTOR, ".details").text
+
+        self.wait(
+            lambda d: (
+                "waits for VRAM: needs 20,000, 10,000 free; held by zeta-sd-webui (pinned),"
+                " alpha (in use)" in details(MARKUP)(d)
+            ),
+            "the waiting row never said why",
+        )
+        self.assertIn("pinned", details(ZETA)(self.driver))
 
     def timeline_shows_the_run(self) -> None:
         """The last hour: alpha's lane shows its run, with its tooltip; a lane per service."""
@@ -649,6 +670,16 @@ class RealLmproxyBrowserTests(BrowserTestCase):
             lambda: self.wait_state(self.LLAMA, ServiceState.WAITING_FOR_RESOURCES)
         )
         await self.in_browser(lambda: self.wait_connections(self.LLAMA, 0, 1))
+        # Its row says why, from the real /status: who holds what it needs.
+        await self.in_browser(
+            lambda: self.wait(
+                lambda d: (
+                    f"held by {self.QWEN} (in use)"
+                    in self.row(d, self.LLAMA).find_element(By.CSS_SELECTOR, ".details").text
+                ),
+                "llama's row never said why it waits",
+            )
+        )
 
         await self.in_browser(self.sort_by_name)
         await self.in_browser(self.show_log_of_qwen)

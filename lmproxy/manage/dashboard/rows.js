@@ -5,6 +5,7 @@
 import { el, setText, swatch } from "./dom.js";
 import { failureLine } from "./failure.js";
 import { ago, formatAmount, namePieces, plural, safeUrl } from "./format.js";
+import { waitingText } from "./waiting.js";
 import { KeyedList } from "./keyed.js";
 import { LogPanel } from "./logs.js";
 import { actionButtons, stateLabel } from "./states.js";
@@ -174,7 +175,10 @@ export class ServiceRow {
     const models = (service.openai_models || []).filter((m) => m !== service.name);
     if (models.length) parts.push(`models: ${models.join(", ")}`);
     if (service.pid) parts.push(`pid ${service.pid}`);
+    if (service.pinned) parts.push("pinned");
     if (service.failed_starts) parts.push(plural(service.failed_starts, "failed start"));
+    const why = waitingText(service.waiting_for);
+    if (why) parts.push(why);
     setText(this.details, parts.join(" · "));
   }
 

@@ -238,6 +238,8 @@ class ServiceStatus:
     last_failure: StartFailure | None = None
     pinned: bool = False
     waiting_for: WaitingFor | None = None  # while it waits for resources
+    starting_since: float | None = None  # POSIX seconds, while it starts
+    start_estimate: float | None = None  # seconds: the median of its last starts
 
 
 @frozen

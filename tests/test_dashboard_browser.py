@@ -386,6 +386,11 @@ class DashboardBrowserTests(ScriptedBrowserTestCase):
         self.backends.set_state(QWEN, ServiceState.STARTING)
         self.backends.acquire(MARKUP)
         self.backends.service_changes[ZETA]["pinned"] = True
+        self.backends.service_changes[QWEN] = {
+            "starting_since": time.time() - 4,
+            "start_estimate": 12.0,
+        }
+        self.backends.changed([QWEN])
         self.backends.service_changes[MARKUP]["waiting_for"] = WaitingFor(
             time.time() - 3, (Shortage("VRAM", 20000, 10000, (ZETA, ALPHA), (ZETA,), (ALPHA,)),)
         )
@@ -462,6 +467,14 @@ class DashboardBrowserTests(ScriptedBrowserTestCase):
             "the waiting row never said why",
         )
         self.assertIn("pinned", details(ZETA)(self.driver))
+        # A start in progress, against its learned estimate.
+        self.wait(
+            lambda d: (
+                "of about 12 s (learned)"
+                in self.row(d, QWEN).find_element(By.CSS_SELECTOR, ".progress-text").text
+            ),
+            "the start's progress never showed",
+        )
 
     def timeline_shows_the_run(self) -> None:
         """The last hour: alpha's lane shows its run, with its tooltip; a lane per service."""

@@ -221,6 +221,8 @@ class StatusTests(ApiCase):
                 "last_failure": None,
                 "pinned": False,
                 "waiting_for": None,
+                "starting_since": None,
+                "start_estimate_seconds": None,
                 "is_running": False,
                 "active_connections": 0,
             },

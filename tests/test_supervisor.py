@@ -2001,6 +2001,7 @@ class StatusTests(SupervisorTestCase):
             last_used=T0 + 1,
             pid=pid,
             starts=1,
+            starting_since=T0 + 2,
         )
         self.assertEqual(self.status("A"), starting)
         self.assertEqual(self.status("B").evictions, 1)
@@ -2020,6 +2021,8 @@ class StatusTests(SupervisorTestCase):
             proxied_connections=1,
             last_used=T0 + 3,
             starts=1,
+            starting_since=None,
+            start_estimate=1.0,  # learned: that start took 1 s
         )
         self.assertEqual(self.status("A"), running)
         self.assertEqual(
@@ -2038,7 +2041,9 @@ class StatusTests(SupervisorTestCase):
             self.resource("VRAM"), ResourceStatus("VRAM", 10, None, 0, 6, 4, {"A": 6}, 4)
         )
         self.shell("stop-A").exit(0)
-        self.assertEqual(self.status("A"), evolve(stopped, last_used=T0 + 4, starts=1))
+        self.assertEqual(
+            self.status("A"), evolve(stopped, last_used=T0 + 4, starts=1, start_estimate=1.0)
+        )
         self.assertEqual(self.resource("VRAM"), ResourceStatus("VRAM", 10, None, 0, 0, 10, {}, 10))
 
     def test_status_changes_coalesced(self) -> None:

@@ -31,6 +31,7 @@ from lmproxy.core.placement import Placement
 from lmproxy.core.portcheck import PortCheck
 from lmproxy.core.readiness import ConnectNow, ReadinessReactor
 from lmproxy.core.resources import Ledger
+from lmproxy.core.starttimes import StartTimes, state_file
 from lmproxy.core.startup import Launcher
 from lmproxy.core.status import StatusPublisher
 from lmproxy.interfaces import (
@@ -98,6 +99,8 @@ class Supervisor(Service):
         }
         self._queue: list[ServiceLifecycle] = []  # waiting for resources, in arrival order
         self._waiting_since: dict[str, float] = {}  # of the services in _queue
+        self._starting_since: dict[str, float] = {}  # of the services starting
+        self._start_times = StartTimes(state_file(config.services))
         self._placement = Placement(
             self._ledger, self._measurements, self._publisher, self._lifecycles.values()
         )
@@ -180,7 +183,11 @@ class Supervisor(Service):
         return self._status(lifecycle)
 
     def _status(self, lc: ServiceLifecycle) -> ServiceStatus:
-        status = lc.status()
+        status = attrs.evolve(
+            lc.status(),
+            starting_since=self._starting_since.get(lc.name),
+            start_estimate=self._start_times.estimate(lc.name),
+        )
         since = self._waiting_since.get(lc.name)
         if lc.state is not WAITING or since is None:
             return status
@@ -211,6 +218,10 @@ class Supervisor(Service):
             self._queue.remove(lc)
             self._waiting_since.pop(lc.name, None)
         if new is STARTING:
+            self._starting_since[lc.name] = self._reactor.seconds()
+        elif old is STARTING:
+            self._starting_since.pop(lc.name, None)
+        if new is STARTING:
             self._ledger.hold(lc.name, needs)
         elif new is RUNNING:
             self._ledger.mark_running(lc.name)
@@ -237,6 +248,8 @@ class Supervisor(Service):
             self._publisher.service_changed(waiting.name)
 
     def start_finished(self, lc: ServiceLifecycle, seconds: float, ok: bool) -> None:
+        if ok:
+            self._start_times.record(lc.name, seconds)
         self._publisher.start_finished(lc.name, seconds, ok)
 
     def _measured(self, resource: str) -> None:

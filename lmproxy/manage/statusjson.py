@@ -52,6 +52,8 @@ def service_json(service: ServiceStatus) -> JSONObject:
         "last_failure": _failure_json(service.last_failure),
         "pinned": service.pinned,
         "waiting_for": _waiting_json(service.waiting_for),
+        "starting_since": rfc3339(service.starting_since),
+        "start_estimate_seconds": service.start_estimate,
         # The names upstream's README documents, kept for its users' scripts.
         "is_running": service.status == ServiceState.RUNNING,
         "active_connections": service.waiting_connections + service.proxied_connections,

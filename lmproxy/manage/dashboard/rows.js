@@ -5,6 +5,8 @@
 import { el, setText, swatch } from "./dom.js";
 import { failureLine } from "./failure.js";
 import { ago, formatAmount, namePieces, plural, safeUrl } from "./format.js";
+import { startProgress } from "./progress.js";
+import { StartBar } from "./startbar.js";
 import { waitingText } from "./waiting.js";
 import { KeyedList } from "./keyed.js";
 import { LogPanel } from "./logs.js";
@@ -167,8 +169,9 @@ export class ServiceRow {
         : el("span", { class: "service-name" }, text);
       this.swatch = swatch(color);
       this.details = el("div", { class: "details" });
+      this.startBar = new StartBar();
       const line = el("div", { class: "name-line" }, this.swatch, label);
-      this.nameCell.replaceChildren(line, this.details);
+      this.nameCell.replaceChildren(line, this.details, this.startBar.node);
     }
     this.swatch.style.backgroundColor = color;
     const parts = [];
@@ -184,6 +187,7 @@ export class ServiceRow {
 
   /** Show the ages and the back-off's countdown again (called every second). */
   tick() {
+    if (this.startBar) this.startBar.show(startProgress(this.service, this.now()));
     const failure = this.service?.last_failure;
     this.failure.show(failureLine(failure, this.now()), failure?.at);
     this.node.classList.toggle("has-failure", Boolean(failure));

@@ -166,7 +166,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     signals.setServiceParent(top)
     for service in config.services:
         if service.listen_port is not None:
-            factory = ServiceProxyFactory(supervisor, service, config.client_buffer_limit, reactor)
+            factory = ServiceProxyFactory(
+                supervisor, service, config.client_buffer_limit, reactor, max_wait=config.max_wait
+            )
             listen(service.listen_port, factory, service_banner(service, service.listen_port))
     sites: list[LazySite] = []
     # Counted by the OpenAI port, shown on the management API's /metrics.

@@ -217,6 +217,12 @@ class ServiceKeys(Section):
         doc="Requests that may wait for one of its MaxConcurrentRequests; more get 429.",
         fills=_SERVICE.max_queued_requests,
     )
+    MAX_CONNECTIONS = Key(
+        "MaxConnections",
+        positive_count,
+        doc="Client connections of its ListenPort proxied at once, at most; more wait in turn.",
+        fills=_SERVICE.max_connections,
+    )
     RESOURCE_REQUIREMENTS = Key(
         "ResourceRequirements",
         _requirements,
@@ -248,6 +254,10 @@ class ServiceKeys(Section):
                 at.key(limit.name).problem(
                     f"given, but {cls.OPENAI_API.name} is not true: it limits the OpenAI port"
                 )
+        if cls.MAX_CONNECTIONS in fields.values and not fields.given(cls.LISTEN_PORT):
+            at.key(cls.MAX_CONNECTIONS.name).problem(
+                f"given, but there is no {cls.LISTEN_PORT.name}: it limits the service's TCP port"
+            )
         if cls.MAX_QUEUED_REQUESTS in fields.values and not fields.given(
             cls.MAX_CONCURRENT_REQUESTS
         ):

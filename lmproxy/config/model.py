@@ -82,6 +82,8 @@ class ServiceConfig:
     @ivar resource_requirements: resource name to the amount used while the
         service runs.
     @ivar listen_address: the IP address its C{listen_port} is bound to.
+    @ivar max_connections: client connections of its C{listen_port} proxied
+        at once, at most (C{MaxConnections}); C{None}: no limit.
     @ivar pinned: never evicted to make room for another service.
     @ivar start_on_launch: started when lmproxy starts, without a client.
     @ivar env: variables added to lmproxy's environment for its Command,
@@ -110,6 +112,7 @@ class ServiceConfig:
     listen_address: str = DEFAULT_LISTEN_ADDRESS
     max_concurrent_requests: int | None = None
     max_queued_requests: int | None = None
+    max_connections: int | None = None
     pinned: bool = False
     start_on_launch: bool = False
     env: Mapping[str, str] = field(factory=dict)

@@ -1,7 +1,9 @@
 """
 How many requests of one service the OpenAI port forwards at once
 (C{MaxConcurrentRequests}), and how many may wait for a turn
-(C{MaxQueuedRequests}).
+(C{MaxQueuedRequests}); the same turns limit the client connections of a
+service's own TCP port (C{MaxConnections}, in L{lmproxy.listen.tcp}: there,
+a turn lasts as long as the proxied connection, and any number may wait).
 
 A request takes a L{Turn} before it asks for its service's backend, and
 gives it back once its answer is over.  A request that finds every turn

@@ -17,10 +17,26 @@ connection to the backend is retried after L{ILease.reconnect} as long as the
 lease allows it (L{ILease.may_reconnect}: once per client), as the OpenAI port
 does.
 
-Unlike the HTTP ports (L{lmproxy.listen.timeouts}), nothing here times a
-client out: the protocol is the service's, and its clients may rightly be
-silent for long (a websocket, a database session), as upstream allows.  A
-client that does not read holds only its own connection: the backend is not
+With C{MaxConnections}, a client first takes a turn of the service's
+L{RequestLimit}, and only then asks for the backend: at most that many
+clients have a backend (or wait for one) at once, the others wait for a turn,
+first come first served, reading and holding what they send as above.  A
+turn is given back as soon as either side of its proxied connection closes
+(or the client is closed unserved).  A client waiting for a turn is not a
+waiting connection of the service (the supervisor never hears of it: it
+starts nothing, holds nothing up and keeps nothing from being stopped); the
+factory counts them (L{ServiceProxyFactory.queued}), as the OpenAI port counts
+its queued requests apart.  Its wait counts in the one bound of
+C{MaxTimeToWaitForServiceToCloseConnectionBeforeGivingUpSeconds}, from its
+arrival: a client still waiting for its turn then is closed, and so is one
+that got its turn but still waits for its service, unless that service is
+starting (the supervisor's own rule: a start, once begun, has its own
+timeout).
+
+Unlike the HTTP ports (L{lmproxy.listen.timeouts}), nothing here times out
+a client that has its backend: the protocol is the service's, and its
+clients may rightly be silent for long (a websocket, a database session), as
+upstream allows.  A client that does not read holds only its own connection: the backend is not
 read while the client's socket is full.
 """
 
@@ -29,16 +45,31 @@ from __future__ import annotations
 import socket
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IAddress, IReactorSocket, IReactorTCP, ITCPTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IReactorSocket,
+    IReactorTCP,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import portforward
 from twisted.python.failure import Failure
 
 from lmproxy.config import ServiceConfig
-from lmproxy.interfaces import IBackends, ILease, ServiceUnavailable, UnknownService
+from lmproxy.config.model import DEFAULT_MAX_WAIT_SECONDS
+from lmproxy.interfaces import (
+    IBackends,
+    ILease,
+    ServiceState,
+    ServiceUnavailable,
+    UnknownService,
+)
+from lmproxy.listen.limits import RequestLimit, Turn
 from lmproxy.listen.relay import Relay
 from lmproxy.logs import address_text, debugging, log_observer
+from lmproxy.timers import Timer
 
 
 def _tune(transport: object) -> None:
@@ -74,6 +105,13 @@ class BackendConnection(portforward.ProxyClient):
             self.transport.write(held)
         super().connectionMade()
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Close the client too (C{ProxyClient}), and give its turn back now."""
+        peer = self.peer  # Proxy.connectionLost forgets it
+        super().connectionLost(reason)
+        if peer is not None:
+            peer.give_back_turn()
+
 
 class BackendConnectionFactory(portforward.ProxyClientFactory):
     """Connects one L{ServiceConnection} to its backend."""
@@ -99,6 +137,7 @@ class ServiceConnection(portforward.ProxyServer):
     log = Logger(observer=log_observer)
     clientProtocolFactory = BackendConnectionFactory
     factory: ServiceProxyFactory
+    _deadline: Timer | None = None  # while it waits for a turn or for the service
 
     def connectionMade(self) -> None:
         """Ask for a backend; read the client meanwhile (see the module)."""
@@ -113,7 +152,64 @@ class ServiceConnection(portforward.ProxyServer):
         self._held_bytes = 0
         self._lease: ILease | None = None
         self._closed = False
+        self._waiting: Deferred[ILease] | None = None
+        self._turn: Turn | None = None
+        self._taking: Deferred[Turn] | None = None
+        self._deadline = None
+        limit = self.factory.limit
+        if limit is None:
+            self._wait(self.factory.backends.acquire(self.factory.service))
+            return
+        taking = limit.take()
+        if not taking.called:
+            self._deadline = Timer(self.factory.clock)
+            self._deadline.arm(self.factory.max_wait, self._gave_up)
+        self._taking = taking
+        taking.addCallbacks(self._turn_taken, self._turn_lost)
+
+    def _turn_taken(self, turn: Turn) -> None:
+        self._taking = None
+        self._turn = turn
         self._wait(self.factory.backends.acquire(self.factory.service))
+
+    def _turn_lost(self, reason: Failure) -> None:
+        self._taking = None
+        reason.trap(CancelledError)  # it left the queue: gone, or given up
+
+    def give_back_turn(self) -> None:
+        """Its proxied connection is over (or never will be): the next client goes."""
+        turn, self._turn = self._turn, None
+        if turn is not None:
+            turn.done()
+
+    def _gave_up(self) -> None:
+        if self._taking is not None:
+            taking, self._taking = self._taking, None
+            taking.cancel()
+            why = "its turn (MaxConnections)"
+        elif self._waiting is not None:
+            service = self.factory.backends.service_status(self.factory.service)
+            if service.status is ServiceState.STARTING:
+                return  # the start has its own timeout, as for any waiting client
+            waiting, self._waiting = self._waiting, None
+            waiting.cancel()
+            self.give_back_turn()
+            why = "its turn (MaxConnections) and resources"
+        else:
+            return
+        self.log.warn(
+            "{service}: closing client {peer}: it waited {seconds} s for {why}",
+            service=self.factory.service,
+            peer=address_text(self.transport.getPeer()),
+            seconds=self.factory.max_wait,
+            why=why,
+        )
+        self.transport.loseConnection()
+
+    def _end_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def dataReceived(self, data: bytes) -> None:
         """Forward to the backend, or hold until connected to it."""
@@ -137,11 +233,12 @@ class ServiceConnection(portforward.ProxyServer):
         return held
 
     def _wait(self, lease: Deferred[ILease]) -> None:
-        self._waiting: Deferred[ILease] | None = lease
+        self._waiting = lease
         lease.addCallbacks(self._connect, self._unavailable)
 
     def _connect(self, lease: ILease) -> None:
         self._waiting = None
+        self._end_deadline()
         self._lease = lease
         if self._closed:
             lease.release()
@@ -170,7 +267,9 @@ class ServiceConnection(portforward.ProxyServer):
     def _unavailable(self, reason: Failure) -> None:
         self._waiting = None
         if reason.check(CancelledError):
-            return  # the client left while waiting
+            return  # the client left while waiting, or gave up
+        self._end_deadline()
+        self.give_back_turn()
         if reason.check(ServiceUnavailable, UnknownService):
             self.log.info(
                 "{service}: closing client {peer}: {why}",
@@ -201,6 +300,7 @@ class ServiceConnection(portforward.ProxyServer):
         )
         if not lease.may_reconnect:
             lease.release()
+            self.give_back_turn()
             self.transport.loseConnection()
             return
         # reconnect() releases this lease; a failure closes the client (_unavailable).
@@ -215,12 +315,17 @@ class ServiceConnection(portforward.ProxyServer):
                 peer=address_text(self.transport.getPeer()),
             )
         self._closed = True
+        self._end_deadline()
+        if self._taking is not None:
+            taking, self._taking = self._taking, None
+            taking.cancel()  # leaves the queue at once
         if self._waiting is not None:
             waiting, self._waiting = self._waiting, None
             waiting.cancel()
         super().connectionLost(reason)
         if self._lease is not None:
             self._lease.release()
+        self.give_back_turn()
 
 
 class ServiceProxyFactory(portforward.ProxyFactory):
@@ -235,6 +340,10 @@ class ServiceProxyFactory(portforward.ProxyFactory):
     @ivar service: the service's name.
     @ivar buffer_limit: bytes held per waiting client before reading pauses
         (0: no limit).
+    @ivar limit: the turns of its C{MaxConnections}, or C{None}: no limit.
+    @ivar max_wait: seconds a client may wait for its turn and its service
+        together.
+    @ivar clock: times that wait.
     """
 
     protocol = ServiceConnection
@@ -246,19 +355,32 @@ class ServiceProxyFactory(portforward.ProxyFactory):
         service: ServiceConfig,
         buffer_limit: int,
         reactor: IReactorTCP,
+        max_wait: float = DEFAULT_MAX_WAIT_SECONDS,
     ) -> None:
         """
         @param backends: hands out the backends.
         @param service: the service whose port this is.
         @param buffer_limit: bytes held per waiting client before reading
             pauses (0: no limit).
-        @param reactor: connects to the backends.
+        @param reactor: connects to the backends, and times the wait for a
+            turn (it provides C{IReactorTime} too).
+        @param max_wait: the config's C{max_wait}.
         """
         super().__init__(service.proxy_target_host, service.proxy_target_port)
         self.backends = backends
         self.service = service.name
         self.buffer_limit = buffer_limit
         self._reactor = reactor
+        self.clock = IReactorTime(reactor)
+        self.max_wait = max_wait
+        self.limit = (
+            None if service.max_connections is None else RequestLimit(service.max_connections, None)
+        )
+
+    @property
+    def queued(self) -> int:
+        """Clients waiting for a turn now (C{MaxConnections}); 0 without a limit."""
+        return 0 if self.limit is None else self.limit.waiting
 
     def buildProtocol(self, addr: IAddress | None) -> ServiceConnection:
         """A L{ServiceConnection} that connects through this factory's reactor."""

@@ -11,6 +11,7 @@ import json
 from attrs import evolve
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionLost
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -48,6 +49,21 @@ class RequestLimitTests(SynchronousTestCase):
         limit = RequestLimit(1, 0)
         limit.take()
         self.assertRaises(QueueFull, limit.take)
+
+    def test_a_wait_has_a_bound(self) -> None:
+        """A request that waits longer than the bound leaves the queue with QueueFull."""
+        clock = Clock()
+        limit = RequestLimit(1, None, clock, 10.0)
+        turn = self.successResultOf(limit.take())
+        late, served = limit.take(), limit.take()
+        clock.advance(9)
+        turn.done()  # the first waiter is served in time
+        self.successResultOf(late)
+        clock.advance(1)
+        failure = self.failureResultOf(served, QueueFull)
+        self.assertIn("waited 10 s for a turn", str(failure.value))
+        self.assertEqual(limit.waiting, 0)
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_leaving_the_queue(self) -> None:
         limit = RequestLimit(1, None)
@@ -122,6 +138,18 @@ class PortTests(SynchronousTestCase):
         self.assertEqual(self.backends.acquired, ["chat"])
         first.backend()[0].dataReceived(OK)
         self.assertEqual(self.backends.acquired, ["chat", "chat"])
+
+    def test_waiting_too_long_for_a_turn(self) -> None:
+        """The hot path's queued request gets its 429 after the config's max wait."""
+        first, second, _ = self.wires
+        first.channel.dataReceived(post())
+        second.channel.dataReceived(post())
+        first.reactor.advance(self.config.max_wait)
+        status, _headers, body = second.response()
+        self.assertEqual(status, b"HTTP/1.1 429 Too Many Requests")
+        self.assertIn("waited", json.loads(body)["error"]["message"])
+        self.assertEqual(self.backends.acquired, ["chat"])
+        self.assertEqual(self.api.stats.of("chat").queued, 0)
 
     def test_turn_held_while_the_service_starts(self) -> None:
         """A request waiting for a start holds its turn: nothing else is sent meanwhile."""

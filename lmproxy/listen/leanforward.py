@@ -162,6 +162,9 @@ class LeanExchange:
         self._wait(connecting, self._send, self._connect_failed)
 
     def _unavailable(self, failure: Failure) -> None:
+        if failure.check(QueueFull):
+            self._answer(forwarderrors.queue_full(self._service, failure.value))  # type: ignore[arg-type]
+            return
         error = failure.check(ServiceUnavailable)
         if error is None:
             self._internal_error(failure)

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections import deque
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from lmproxy.config import Config
 
@@ -46,11 +48,21 @@ class RequestLimit:
 
     @ivar concurrent: requests forwarded at once, at most.
     @ivar queued: requests that may wait for a turn (C{None}: any number).
+    @ivar wait: how long one may wait for its turn (C{None}: as long as it
+        takes; then its Deferred fails with L{QueueFull}), on C{clock}.
     """
 
-    def __init__(self, concurrent: int, queued: int | None) -> None:
+    def __init__(
+        self,
+        concurrent: int,
+        queued: int | None,
+        clock: IReactorTime | None = None,
+        wait: float | None = None,
+    ) -> None:
         self.concurrent = concurrent
         self.queued = queued
+        self.wait = wait
+        self._clock = clock
         self.taken = 0
         self._waiting: deque[Deferred[Turn]] = deque()
 
@@ -76,7 +88,13 @@ class RequestLimit:
             )
         waiting: Deferred[Turn] = Deferred(self._waiting.remove)
         self._waiting.append(waiting)
+        if self._clock is not None and self.wait is not None:
+            waiting.addTimeout(self.wait, self._clock, onTimeoutCancel=self._too_long)
         return waiting
+
+    def _too_long(self, result: object, timeout: float) -> Failure:
+        """A wait timed out (it left the queue): say so as a L{QueueFull}."""
+        return Failure(QueueFull(f"it waited {timeout:g} s for a turn (MaxConcurrentRequests)"))
 
     def _give_back(self) -> None:
         if self._waiting:
@@ -85,10 +103,15 @@ class RequestLimit:
             self.taken -= 1
 
 
-def request_limits(config: Config) -> dict[str, RequestLimit]:
-    """The limit of each service of C{config} that has C{MaxConcurrentRequests}."""
+def request_limits(config: Config, clock: IReactorTime) -> dict[str, RequestLimit]:
+    """
+    The limit of each service of C{config} that has C{MaxConcurrentRequests};
+    a request waits for its turn for the config's max wait at most.
+    """
     return {
-        service.name: RequestLimit(service.max_concurrent_requests, service.max_queued_requests)
+        service.name: RequestLimit(
+            service.max_concurrent_requests, service.max_queued_requests, clock, config.max_wait
+        )
         for service in config.services
         if service.max_concurrent_requests is not None
     }

@@ -5,6 +5,8 @@ C{StringTransport}s, a memory reactor and fake backends: no sockets, no time.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -19,18 +21,18 @@ from lmproxy.testing import FakeBackends
 CLIENT = IPv4Address("TCP", "127.0.0.1", 50000)
 
 
-def _config(restart: bool = False) -> Config:
-    return Config(
-        services=(
-            ServiceConfig(
-                name="llm",
-                command="true",
-                listen_port=8081,
-                proxy_target_port=18081,
-                restart_on_connection_failure=restart,
-            ),
-        )
+def service_config(max_wait: float | None = None, **keys: Any) -> Config:
+    """One service, C{llm} on port 8081 to 18081, with C{keys} (and the config's max wait)."""
+    service = ServiceConfig(
+        name="llm", command="true", listen_port=8081, proxy_target_port=18081, **keys
     )
+    if max_wait is None:
+        return Config(services=(service,))
+    return Config(services=(service,), max_wait=max_wait)
+
+
+def _config(restart: bool = False) -> Config:
+    return service_config(restart_on_connection_failure=restart)
 
 
 class ForwarderTests(SynchronousTestCase):

@@ -15,27 +15,17 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from lmproxy.config import Config, ConfigError, ServiceConfig, parse_config
+from lmproxy.config import Config, ConfigError, parse_config
 from lmproxy.interfaces import ServiceState
 from lmproxy.listen.tcp import ServiceConnection, ServiceProxyFactory
 from lmproxy.testing import FakeBackends
+from tests.test_forward import service_config
 
 MAX_WAIT = 60.0
 
 
 def _config(max_connections: int | None) -> Config:
-    return Config(
-        services=(
-            ServiceConfig(
-                name="llm",
-                command="true",
-                listen_port=8081,
-                proxy_target_port=18081,
-                max_connections=max_connections,
-            ),
-        ),
-        max_wait=MAX_WAIT,
-    )
+    return service_config(MAX_WAIT, max_connections=max_connections)
 
 
 class Client:

@@ -152,6 +152,13 @@ class IBackends(Interface):
         with L{ServiceBusy} when it has proxied connections and not C{force}.
         """
 
+    def queued(service: str, delta: int) -> None:
+        """
+        A client of C{service} began (C{+1}) or ended (C{-1}) waiting for a
+        turn (C{MaxConcurrentRequests}, C{MaxConnections}): it asked for no
+        backend yet, but C{/status} shows it (C{queued_connections}).
+        """
+
     def snapshot() -> Snapshot:
         """The state of every service and resource at this instant."""
 
@@ -239,6 +246,7 @@ class ServiceStatus:
     pinned: bool = False
     waiting_for: WaitingFor | None = None  # while it waits for resources
     starting_since: float | None = None  # POSIX seconds, while it starts
+    queued_connections: int = 0  # clients waiting for a turn (see IBackends.queued)
     start_estimate: float | None = None  # seconds: the median of its last starts
 
 

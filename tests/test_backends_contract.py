@@ -218,6 +218,20 @@ class BackendsContract:
         t.assertEqual(snapshot.services, tuple(self.backends.service_status(n) for n in PORTS))
         t.assertEqual(snapshot.resources, (self.backends.resource_status("VRAM"),))
 
+    def test_queued_clients_are_counted_and_told(self) -> None:
+        """Clients waiting for a turn show in the status, and observers hear of them."""
+        t = self.case()
+        recorder = NameRecorder()
+        self.backends.subscribe(recorder)
+        self.backends.queued("plain", 1)
+        self.backends.queued("plain", 1)
+        self.backends.queued("plain", -1)
+        self.settle()
+        t.assertEqual(self.backends.service_status("plain").queued_connections, 1)
+        t.assertIn("plain", recorder.services)
+        t.assertEqual(self.backends.service_status("restarts").queued_connections, 0)
+        t.assertRaises(UnknownService, self.backends.queued, "nope", 1)
+
     def test_observers_hear_what_changed(self) -> None:
         t = self.case()
         recorder = NameRecorder()

@@ -225,7 +225,10 @@ class BrowserTestCase(TestCase):
     def wait_connections(self, name: str, proxied: int, waiting: int) -> None:
         def counts(driver: WebDriver) -> list[str]:
             cell = self.row(driver, name).find_element(By.CSS_SELECTOR, "td.connections")
-            return [b.text for b in cell.find_elements(By.CSS_SELECTOR, ".count b")]
+            # The queued count shows only while clients wait for a turn.
+            return [
+                b.text for b in cell.find_elements(By.CSS_SELECTOR, ".count b") if b.is_displayed()
+            ]
 
         self.wait(
             lambda d: counts(d) == [str(proxied), str(waiting)],
@@ -386,6 +389,8 @@ class DashboardBrowserTests(ScriptedBrowserTestCase):
         self.backends.set_state(QWEN, ServiceState.STARTING)
         self.backends.acquire(MARKUP)
         self.backends.service_changes[ZETA]["pinned"] = True
+        self.backends.service_changes[ALPHA]["queued_connections"] = 2
+        self.backends.changed([ALPHA])
         self.backends.service_changes[QWEN] = {
             "starting_since": time.time() - 4,
             "start_estimate": 12.0,
@@ -467,6 +472,13 @@ class DashboardBrowserTests(ScriptedBrowserTestCase):
             "the waiting row never said why",
         )
         self.assertIn("pinned", details(ZETA)(self.driver))
+        self.wait(
+            lambda d: (
+                "2 queued"
+                in self.row(d, ALPHA).find_element(By.CSS_SELECTOR, "td.connections").text
+            ),
+            "the clients waiting for a turn never showed",
+        )
         # A start in progress, against its learned estimate.
         self.wait(
             lambda d: (

@@ -106,6 +106,8 @@ class PortTests(SynchronousTestCase):
         second.channel.dataReceived(post())
         self.assertEqual(self.backends.acquired, ["chat"])  # the second waits its turn
         self.assertEqual(self.api.stats.of("chat").queued, 1)
+        # /status counts it too (IBackends.queued).
+        self.assertEqual(self.backends.service_status("chat").queued_connections, 1)
         third.channel.dataReceived(post())
         status, headers, body = third.response()
         self.assertEqual(status, b"HTTP/1.1 429 Too Many Requests")
@@ -116,6 +118,7 @@ class PortTests(SynchronousTestCase):
         self.assertEqual(first.response()[2], b"ok")
         self.assertEqual(self.backends.acquired, ["chat", "chat"])
         self.assertEqual(self.api.stats.of("chat").queued, 0)
+        self.assertEqual(self.backends.service_status("chat").queued_connections, 0)
 
     def test_client_leaving_the_queue(self) -> None:
         first, second, third = self.wires

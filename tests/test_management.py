@@ -210,6 +210,7 @@ class StatusTests(ApiCase):
                 "status": "stopped",
                 "waiting_connections": 0,
                 "proxied_connections": 0,
+                "queued_connections": 0,
                 "last_used": None,
                 "service_url": "http://localhost:8001/",
                 "resource_requirements": {"VRAM": 10, "RAM": 4},

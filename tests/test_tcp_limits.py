@@ -87,6 +87,8 @@ class TcpLimitTests(SynchronousTestCase):
     def counts(self) -> tuple[int, int, int]:
         """(queued for a turn, waiting for the service, proxied) now."""
         service = self.backends.service_status("llm")
+        # What the factory counts is what /status shows (IBackends.queued).
+        self.assertEqual(service.queued_connections, self.factory.queued)
         return self.factory.queued, service.waiting_connections, service.proxied_connections
 
     def test_no_limit(self) -> None:

@@ -100,6 +100,7 @@ class Supervisor(Service):
         self._queue: list[ServiceLifecycle] = []  # waiting for resources, in arrival order
         self._waiting_since: dict[str, float] = {}  # of the services in _queue
         self._starting_since: dict[str, float] = {}  # of the services starting
+        self._queued = dict.fromkeys(self._lifecycles, 0)  # clients waiting for a turn
         self._start_times = StartTimes(state_file(config.services))
         self._placement = Placement(
             self._ledger, self._measurements, self._publisher, self._lifecycles.values()
@@ -169,6 +170,12 @@ class Supervisor(Service):
             return fail(ServiceBusy(message))
         return lifecycle.stop("stopped on request")
 
+    def queued(self, service: str, delta: int) -> None:
+        if service not in self._queued:
+            raise UnknownService(service)
+        self._queued[service] += delta
+        self._publisher.service_changed(service)
+
     def snapshot(self) -> Snapshot:
         return Snapshot(
             started_at=self._started_at,
@@ -186,6 +193,7 @@ class Supervisor(Service):
         status = attrs.evolve(
             lc.status(),
             starting_since=self._starting_since.get(lc.name),
+            queued_connections=self._queued[lc.name],
             start_estimate=self._start_times.estimate(lc.name),
         )
         since = self._waiting_since.get(lc.name)

@@ -17,12 +17,18 @@ request at a time is never sent two.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from lmproxy.config import Config
+from lmproxy.interfaces import IBackends
+
+_T = TypeVar("_T")
 
 
 class QueueFull(Exception):
@@ -58,11 +64,18 @@ class RequestLimit:
         queued: int | None,
         clock: IReactorTime | None = None,
         wait: float | None = None,
+        notify: Callable[[int], object] | None = None,
     ) -> None:
+        """
+        @param notify: told C{+1} when a request begins to wait for a turn,
+            C{-1} when it stops (its turn came, it left, it waited too long):
+            C{IBackends.queued} of its service.
+        """
         self.concurrent = concurrent
         self.queued = queued
         self.wait = wait
         self._clock = clock
+        self._notify = notify
         self.taken = 0
         self._waiting: deque[Deferred[Turn]] = deque()
 
@@ -88,9 +101,17 @@ class RequestLimit:
             )
         waiting: Deferred[Turn] = Deferred(self._waiting.remove)
         self._waiting.append(waiting)
+        if self._notify is not None:
+            self._notify(1)
+            waiting.addBoth(self._stopped_waiting)
         if self._clock is not None and self.wait is not None:
             waiting.addTimeout(self.wait, self._clock, onTimeoutCancel=self._too_long)
         return waiting
+
+    def _stopped_waiting(self, result: _T) -> _T:
+        assert self._notify is not None
+        self._notify(-1)
+        return result
 
     def _too_long(self, result: object, timeout: float) -> Failure:
         """A wait timed out (it left the queue): say so as a L{QueueFull}."""
@@ -103,14 +124,21 @@ class RequestLimit:
             self.taken -= 1
 
 
-def request_limits(config: Config, clock: IReactorTime) -> dict[str, RequestLimit]:
+def request_limits(
+    config: Config, clock: IReactorTime, backends: IBackends
+) -> dict[str, RequestLimit]:
     """
     The limit of each service of C{config} that has C{MaxConcurrentRequests};
-    a request waits for its turn for the config's max wait at most.
+    a request waits for its turn for the config's max wait at most, and
+    C{backends} is told of each wait.
     """
     return {
         service.name: RequestLimit(
-            service.max_concurrent_requests, service.max_queued_requests, clock, config.max_wait
+            service.max_concurrent_requests,
+            service.max_queued_requests,
+            clock,
+            config.max_wait,
+            partial(backends.queued, service.name),
         )
         for service in config.services
         if service.max_concurrent_requests is not None

@@ -113,7 +113,7 @@ class OpenAiApi:
             for model in service.openai_api_models
         }
         self.stats = stats or RequestStats(dict.fromkeys(self._services_by_model.values()))
-        self.limits = request_limits(config, clock)
+        self.limits = request_limits(config, clock, backends)
 
     def site(self) -> Site:
         """

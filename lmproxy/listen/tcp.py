@@ -43,6 +43,7 @@ read while the client's socket is full.
 from __future__ import annotations
 
 import socket
+from functools import partial
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
@@ -374,7 +375,11 @@ class ServiceProxyFactory(portforward.ProxyFactory):
         self.clock = IReactorTime(reactor)
         self.max_wait = max_wait
         self.limit = (
-            None if service.max_connections is None else RequestLimit(service.max_connections, None)
+            None
+            if service.max_connections is None
+            else RequestLimit(
+                service.max_connections, None, notify=partial(backends.queued, service.name)
+            )
         )
 
     @property

@@ -41,6 +41,7 @@ def service_json(service: ServiceStatus) -> JSONObject:
         "status": service.status,
         "waiting_connections": service.waiting_connections,
         "proxied_connections": service.proxied_connections,
+        "queued_connections": service.queued_connections,
         "last_used": rfc3339(service.last_used),
         "service_url": service.service_url,
         "resource_requirements": dict(service.resource_requirements),

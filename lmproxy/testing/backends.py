@@ -90,6 +90,7 @@ class FakeBackends:
     stop_calls: list[tuple[str, bool]] = field(factory=list)
     reconnects: list[str] = field(factory=list)
     _proxied: dict[str, int] = field(factory=dict)
+    _queued: dict[str, int] = field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         for service in self.config.services:
@@ -188,6 +189,7 @@ class FakeBackends:
             resource_requirements=dict(s.resource_requirements),
             openai_models=s.openai_api_models,
             pid=None,
+            queued_connections=self._queued.get(s.name, 0),
             starts=0,
             failed_starts=0,
             evictions=0,
@@ -227,6 +229,11 @@ class FakeBackends:
                 self.observers.remove(observer)
 
         return unsubscribe
+
+    def queued(self, service: str, delta: int) -> None:
+        self.service_config(service)  # UnknownService
+        self._queued[service] = self._queued.get(service, 0) + delta
+        self.changed([service])
 
     def changed(self, services: Iterable[str] | None = None) -> None:
         """

@@ -83,6 +83,7 @@ export class ServiceRow {
     this.port = el("span");
     this.proxied = counter("proxied", "Clients being proxied");
     this.waiting = counter("waiting", "Clients waiting for it to run");
+    this.queued = counter("queued", "Clients waiting for a turn (MaxConcurrentRequests, MaxConnections)");
     this.lastUsed = el("time", { class: "last-used" });
     const needsCell = el("td", { class: "needs" });
     this.needs = new KeyedList(needsCell, {
@@ -110,7 +111,7 @@ export class ServiceRow {
         this.nameCell,
         el("td", {}, this.statePill),
         el("td", { class: "port" }, this.port),
-        el("td", { class: "connections" }, this.proxied.node, this.waiting.node),
+        el("td", { class: "connections" }, this.proxied.node, this.waiting.node, this.queued.node),
         el("td", {}, this.lastUsed),
         needsCell,
         el("td", { class: "actions" }, this.startButton, this.stopButton, this.logsButton),
@@ -140,6 +141,8 @@ export class ServiceRow {
     }
     this.proxied.show(service.proxied_connections);
     this.waiting.show(service.waiting_connections);
+    this.queued.show(service.queued_connections || 0);
+    this.queued.node.hidden = !service.queued_connections; // shown only while some wait
     this.needs.render(Object.entries(service.resource_requirements || {}));
     this.tick();
     this.renderButtons();

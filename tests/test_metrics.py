@@ -52,6 +52,14 @@ class MetricsTests(ApiCase):
         self.assertEqual(self.value("lmproxy_service_waiting_connections", service=QWEN), 1)
         self.assertEqual(self.value("lmproxy_service_waiting_connections", service=ALPHA), 0)
 
+    def test_queued_and_pinned(self) -> None:
+        self.backends.queued(QWEN, 1)
+        self.backends.service_changes[ALPHA] = {"pinned": True}
+        self.assertEqual(self.value("lmproxy_service_queued_connections", service=QWEN), 1)
+        self.assertEqual(self.value("lmproxy_service_queued_connections", service=ALPHA), 0)
+        self.assertEqual(self.value("lmproxy_service_pinned", service=ALPHA), 1)
+        self.assertEqual(self.value("lmproxy_service_pinned", service=QWEN), 0)
+
     def test_counters_come_from_the_snapshot(self) -> None:
         self.backends.service_changes[ALPHA] = {"starts": 4, "failed_starts": 1, "evictions": 2}
         families = self.scrape()

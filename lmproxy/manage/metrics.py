@@ -71,6 +71,11 @@ class _SnapshotCollector(Collector):
             "lmproxy_service_waiting_connections", "Clients waiting for the service to run."
         )
         proxied = gauge("lmproxy_service_proxied_connections", "Clients being proxied.")
+        queued = gauge(
+            "lmproxy_service_queued_connections",
+            "Clients waiting for a turn (MaxConcurrentRequests, MaxConnections).",
+        )
+        pinned = gauge("lmproxy_service_pinned", "1 for a Pinned service: never evicted.")
         last_used = gauge(
             "lmproxy_service_last_used_timestamp_seconds", "When a client last used it."
         )
@@ -94,6 +99,8 @@ class _SnapshotCollector(Collector):
                 state.add_metric([s.name, name], 1 if s.status == name else 0)
             waiting.add_metric([s.name], s.waiting_connections)
             proxied.add_metric([s.name], s.proxied_connections)
+            queued.add_metric([s.name], s.queued_connections)
+            pinned.add_metric([s.name], 1 if s.pinned else 0)
             if s.last_used is not None:
                 last_used.add_metric([s.name], s.last_used)
             if s.last_failure is not None:
@@ -104,7 +111,7 @@ class _SnapshotCollector(Collector):
             starts.add_metric([s.name], s.starts)
             failed.add_metric([s.name], s.failed_starts)
             evictions.add_metric([s.name], s.evictions)
-        yield from (state, waiting, proxied, last_used, last_failure, backoff_until)
+        yield from (state, waiting, proxied, queued, pinned, last_used, last_failure, backoff_until)
         yield from (starts, failed, evictions)
 
     def _backoff_until(self, service: ServiceStatus) -> float | None:

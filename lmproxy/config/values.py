@@ -106,18 +106,24 @@ _UNUSABLE = re.compile("[\x00\ud800-\udfff]")
 _NOT_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def text(value: Any, at: At) -> Any:
-    """A string without NUL or lone surrogates; C{""} is not set."""
+def _usable_string(value: Any, taker: str) -> str:
+    """
+    C{value}, a string without NUL or lone surrogates, else L{Invalid}.
+
+    @param taker: what could not take such a character, for the message.
+    """
     if not isinstance(value, str):
         raise Invalid(f"expected a string, got {show(value)}")
     value = characters(value)
     bad = _UNUSABLE.search(value)
     if bad is not None:
-        raise Invalid(
-            f"contains {show(bad[0])} at character {bad.start()}:"
-            " no program, path or command can take it"
-        )
-    return value or UNSET
+        raise Invalid(f"contains {show(bad[0])} at character {bad.start()}: {taker}")
+    return value
+
+
+def text(value: Any, at: At) -> Any:
+    """A string without NUL or lone surrogates; C{""} is not set."""
+    return _usable_string(value, "no program, path or command can take it") or UNSET
 
 
 def display_name(value: Any, at: At) -> Any:
@@ -325,13 +331,7 @@ RESERVED_VARIABLE = "LMPROXY_MARK"
 
 
 def _variable_value(value: Any, at: At) -> Any:
-    if not isinstance(value, str):
-        raise Invalid(f"expected a string, got {show(value)}")
-    value = characters(value)
-    bad = _UNUSABLE.search(value)
-    if bad is not None:
-        raise Invalid(f"contains {show(bad[0])} at character {bad.start()}: no variable holds it")
-    return value
+    return _usable_string(value, "no variable holds it")
 
 
 def environment(value: Any, at: At) -> Any:

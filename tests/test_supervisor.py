@@ -447,11 +447,8 @@ class HealthcheckTests(SupervisorTestCase):
         self.assertEqual(len(self.shells(self.HC)), 1)
         self.assertEqual(self.reactor.live_processes(), [])
 
-    def test_process_exit_ignored_during_healthcheck(self) -> None:
-        """
-        Without ConsiderStoppedOnProcessExit (a launcher like C{docker run -d}),
-        the exit is ignored and the start goes on.
-        """
+    def supervise_launcher(self) -> None:
+        """Service A is a launcher (C{docker run -d}): its exit is no stop."""
         self.supervise(
             [
                 self.service(
@@ -463,6 +460,13 @@ class HealthcheckTests(SupervisorTestCase):
             ],
             [ResourceConfig("VRAM", 10)],
         )
+
+    def test_process_exit_ignored_during_healthcheck(self) -> None:
+        """
+        Without ConsiderStoppedOnProcessExit (a launcher like C{docker run -d}),
+        the exit is ignored and the start goes on.
+        """
+        self.supervise_launcher()
         d = self.acquire("A")
         self.proc("A").exit(0)
         self.assertNoResult(d)
@@ -480,17 +484,7 @@ class HealthcheckTests(SupervisorTestCase):
         at once, with its status, and not for a retry: nothing of it could
         become ready.
         """
-        self.supervise(
-            [
-                self.service(
-                    "A",
-                    {"VRAM": 6},
-                    healthcheck_command=self.HC,
-                    consider_stopped_on_process_exit=False,
-                )
-            ],
-            [ResourceConfig("VRAM", 10)],
-        )
+        self.supervise_launcher()
         d = self.acquire("A")
         self.proc("A").exit(125)
         self.reactor.advance(1)  # the pipes' drain, bounded

@@ -248,6 +248,15 @@ class ServiceStatus:
     starting_since: float | None = None  # POSIX seconds, while it starts
     queued_connections: int = 0  # clients waiting for a turn (see IBackends.queued)
     start_estimate: float | None = None  # seconds: the median of its last starts
+    # What a reload left to do once it is idle: RESTART (its process settings
+    # changed) or REMOVAL (it left the config); None: nothing.
+    pending_reload: str | None = None
+
+
+RESTART = "restart"
+"""L{ServiceStatus.pending_reload}: restarted with its new settings once idle."""
+REMOVAL = "removal"
+"""L{ServiceStatus.pending_reload}: removed from the config, stopped once idle."""
 
 
 @frozen
@@ -282,3 +291,61 @@ class Snapshot:
     started_at: float  # POSIX seconds when lmproxy started
     services: tuple[ServiceStatus, ...]
     resources: tuple[ResourceStatus, ...]
+
+
+@frozen
+class ReloadOutcome:
+    """
+    What a reload did to each service, by name, in config order.
+
+    @ivar unchanged: settings all the same: untouched.
+    @ivar updated: changed settings that apply to the running service as it
+        is (its idle timeout, its limits, its port...): applied at once.
+    @ivar restarted: its process settings changed and it was idle (or the
+        reload was forced): restarted now (if it ran) with its new settings.
+    @ivar restart_pending: its process settings changed but clients use it:
+        restarted once their connections end; new clients wait for that.
+    @ivar added: new in the config.
+    @ivar removed: gone from the config and stopped (or never running).
+    @ivar removal_pending: gone from the config but clients use it: stopped
+        once their connections end; it takes no new clients.
+    """
+
+    unchanged: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()
+    restarted: tuple[str, ...] = ()
+    restart_pending: tuple[str, ...] = ()
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    removal_pending: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        """One line for the log, e.g. C{1 added, 2 restart when idle, 3 unchanged}."""
+        parts = [
+            (self.added, "added"),
+            (self.removed, "removed"),
+            (self.removal_pending, "removed once idle"),
+            (self.restarted, "restarted"),
+            (self.restart_pending, "restart once idle"),
+            (self.updated, "updated in place"),
+            (self.unchanged, "unchanged"),
+        ]
+        shown = [f"{', '.join(names)} {what}" for names, what in parts if names]
+        return "; ".join(shown) or "no services"
+
+
+class ReloadRefused(Exception):
+    """
+    The new config cannot be used (it does not validate, or a port it asks
+    for cannot be opened): nothing changed, the running config stays.
+
+    @ivar problems: every reason, each starting with where it is in the
+        config (as L{lmproxy.config.ConfigError}'s).
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        """
+        @param problems: every reason, each starting with its place.
+        """
+        super().__init__("\n".join(problems))
+        self.problems = problems

@@ -17,7 +17,10 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from lmproxy.config import ServiceConfig
-from lmproxy.core.lifecycle import (
+from lmproxy.core.lifecycle import ServiceLifecycle
+from lmproxy.core.readiness import ReadinessReactor
+from lmproxy.core.startup import Launcher, StartAttempt
+from lmproxy.core.states import (
     RUNNING,
     STARTING,
     STOPPED,
@@ -25,10 +28,7 @@ from lmproxy.core.lifecycle import (
     TRANSITIONS,
     WAITING,
     ImpossibleTransition,
-    ServiceLifecycle,
 )
-from lmproxy.core.readiness import ReadinessReactor
-from lmproxy.core.startup import Launcher, StartAttempt
 from lmproxy.interfaces import ILease, ServiceState, ServiceUnavailable
 from lmproxy.testing import MemoryProcessReactor
 

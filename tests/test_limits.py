@@ -39,6 +39,36 @@ class RequestLimitTests(SynchronousTestCase):
         turn.done()
         self.assertEqual((limit.taken, limit.waiting), (1, 0))
 
+    def test_resized_larger_serves_the_queue_at_once(self) -> None:
+        """A reload's larger limit gives the freed turns to the waiting, in order."""
+        limit = RequestLimit(1, None)
+        held = self.successResultOf(limit.take())
+        first, second, third = limit.take(), limit.take(), limit.take()
+        limit.resize(3, None)
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertNoResult(third)
+        self.assertEqual((limit.taken, limit.waiting), (3, 1))
+        held.done()
+        self.successResultOf(third)
+        self.assertEqual((limit.taken, limit.waiting), (3, 0))
+
+    def test_resized_smaller_lets_the_running_finish(self) -> None:
+        """Over a smaller limit, turns that end are not passed on until under it."""
+        limit = RequestLimit(3, None)
+        turns = [self.successResultOf(limit.take()) for _ in range(3)]
+        waiting = limit.take()
+        limit.resize(1, 0)
+        turns[0].done()
+        turns[1].done()
+        self.assertNoResult(waiting)  # 1 of 1 still taken
+        self.assertEqual(limit.taken, 1)
+        turns[2].done()
+        self.successResultOf(waiting).done()
+        self.assertEqual((limit.taken, limit.waiting), (0, 0))
+        self.successResultOf(limit.take())
+        self.assertRaises(QueueFull, limit.take)  # the new queue bound: none
+
     def test_queue_full(self) -> None:
         limit = RequestLimit(1, 1)
         limit.take()

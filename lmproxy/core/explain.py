@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from lmproxy.core.lifecycle import STOPPING, WAITING, ServiceLifecycle
+from lmproxy.core.lifecycle import ServiceLifecycle
 from lmproxy.core.resources import Ledger
+from lmproxy.core.states import STOPPING, WAITING
 from lmproxy.interfaces import Shortage, WaitingFor
 
 

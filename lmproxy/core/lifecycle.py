@@ -8,9 +8,11 @@ The life of one service, as an explicit state machine::
        +-------------------- stopped <--group gone-- stopping <-----------------+
     running --its process exited on its own--> stopped
 
-L{TRANSITIONS} lists every move a service can make; L{ServiceLifecycle._transition}
-is the one place where its state changes, and any other move is an
-L{ImpossibleTransition}: a programming error, never a state to recover from.
+L{lmproxy.core.states.TRANSITIONS} lists every move a service can make;
+L{ServiceLifecycle._transition} is the one place where its state changes, and
+any other move is an L{ImpossibleTransition}: a programming error, never a
+state to recover from.  How it follows a reloaded config is in
+L{lmproxy.core.lifecyclereload}.
 
 A start that every waiting client has left goes on (a client that retries
 finds the model loaded), but the service counts as idle from then on
@@ -34,39 +36,26 @@ from lmproxy.config import ServiceConfig
 from lmproxy.core.backoff import FailedStarts
 from lmproxy.core.lease import Handover, Lease
 from lmproxy.core.leftovers import Leftovers
+from lmproxy.core.lifecyclereload import LifecycleReloads
 from lmproxy.core.owner import LifecycleOwner
 from lmproxy.core.process import ServiceProcess
 from lmproxy.core.startup import Launcher, StartAttempt, StartFailed
+from lmproxy.core.states import (
+    RUNNING,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    TRANSITIONS,
+    WAITING,
+    ImpossibleTransition,
+)
 from lmproxy.core.waiters import Waiters
-from lmproxy.interfaces import ILease, ServiceState, ServiceStatus, ServiceUnavailable
+from lmproxy.interfaces import REMOVAL, ILease, ServiceState, ServiceStatus, ServiceUnavailable
 from lmproxy.logs import log_observer
 from lmproxy.timers import Timer
 
-STOPPED = ServiceState.STOPPED
-WAITING = ServiceState.WAITING_FOR_RESOURCES
-STARTING = ServiceState.STARTING
-RUNNING = ServiceState.RUNNING
-STOPPING = ServiceState.STOPPING
 
-TRANSITIONS: frozenset[tuple[ServiceState, ServiceState]] = frozenset(
-    {
-        (STOPPED, WAITING),  # a client arrived
-        (WAITING, STOPPED),  # its last waiting client left, or it was stopped
-        (WAITING, STARTING),  # the owner placed it: its resources are reserved
-        (STARTING, RUNNING),  # ready
-        (STARTING, STOPPING),  # the start failed, or it was stopped meanwhile
-        (RUNNING, STOPPING),  # idle, evicted, stopped on request, restarted
-        (RUNNING, STOPPED),  # its process exited on its own
-        (STOPPING, STOPPED),  # its process group is gone
-    }
-)
-
-
-class ImpossibleTransition(AssertionError):
-    """A move that L{TRANSITIONS} does not list: a bug in lmproxy."""
-
-
-class ServiceLifecycle:
+class ServiceLifecycle(LifecycleReloads):
     """One service's state and everything that belongs to it (see the module docstring)."""
 
     log = Logger(observer=log_observer)
@@ -89,7 +78,7 @@ class ServiceLifecycle:
         self._failures = FailedStarts(self.name, launcher.reactor)
         self.process: ServiceProcess | None = None
         self._owner = owner
-        self._launcher = launcher
+        self.launcher = launcher  # a reload may bring another
         self._clock = launcher.reactor
         self._waiters = Waiters(self.name, self._clock, max_wait, self._waiter_left)
         self._leases: set[Lease] = set()
@@ -100,6 +89,7 @@ class ServiceLifecycle:
         self._handover = Handover()  # the connection that found a start ready
         # Groups of processes that exited on their own, still being ended.
         self._leftovers = Leftovers(self.name)
+        super().__init__()
 
     @property
     def leases(self) -> int:
@@ -135,6 +125,7 @@ class ServiceLifecycle:
             evictions=self.evictions,
             last_failure=self._failures.shown(),
             pinned=config.pinned,
+            pending_reload=self.pending_reload,
         )
 
     # -- clients ----------------------------------------------------------
@@ -143,12 +134,15 @@ class ServiceLifecycle:
         """A lease of a running backend, once there is one (see L{IBackends.acquire})."""
         if self._owner.shutting_down:
             return fail(ServiceUnavailable("lmproxy is shutting down"))
+        if self.pending_reload is REMOVAL:
+            return fail(ServiceUnavailable(f"service {self.name!r} was removed from the config"))
         if self.state is STOPPED or self.state is STOPPING:
             refusal = self._failures.refusal()
             if refusal is not None:  # it backs off after a failed start
                 return fail(refusal)
-        if self.state is RUNNING:  # _new_lease touches it
+        if self.state is RUNNING and self.pending_reload is None:  # _new_lease touches it
             return succeed(self._new_lease(reconnected))
+        # A restart pending: new clients wait for the new run.
         self.touch()
         # An earlier waiter's callback may have stopped it again: ask again.
         return self._wait().addCallback(lambda _: self.acquire(reconnected))
@@ -200,7 +194,10 @@ class ServiceLifecycle:
         self.touch()
         self._owner.changed(self)
         if not self._leases:
-            self._owner.idle(self)
+            if self.pending_reload is None:
+                self._owner.idle(self)
+            else:
+                self._reload_now()
 
     def reconnect(self, generation: int) -> Deferred[ILease]:
         """A lease of run C{generation} could not connect: a lease for this client again."""
@@ -234,7 +231,7 @@ class ServiceLifecycle:
         self._transition(STARTING)
         self.starts += 1  # attempts: failed_starts counts the failures among them
         self._waiters.end_deadlines()
-        attempt = self._attempt = self._launcher.attempt(self.config)
+        attempt = self._attempt = self.launcher.attempt(self.config)
         self.process = attempt.process
         self._owner.changed(self)
         Deferred.fromCoroutine(self._run_start(attempt)).addErrback(self._start_crashed, attempt)
@@ -301,7 +298,8 @@ class ServiceLifecycle:
         self._abort_reason = None
         self.log.info("{service}: start abandoned ({reason})", service=self.name, reason=reason)
         self._transition(STOPPING)
-        self._waiters.fail(f"service {self.name!r} was stopped before it was ready: {reason}")
+        if not self._restart:  # a restart's waiters wait for the new run
+            self._waiters.fail(f"service {self.name!r} was stopped before it was ready: {reason}")
         self._owner.changed(self)
         await self._finish_stop()
 
@@ -378,17 +376,20 @@ class ServiceLifecycle:
         self.process = None
         self.host = None
         self._idle_timer.cancel()
+        restart = self._settle_reload()
         self._transition(STOPPED)
         if self._waiters:  # clients that came while it stopped
             if self._owner.shutting_down:
                 self._waiters.fail("lmproxy is shutting down")
             else:
+                self._waiters.renew_deadlines()  # a restart's were ended by its start
                 self._transition(WAITING)
         self._owner.changed(self)
         # Last: a stop waiter may acquire it again at once.
         stop_waiters, self._stop_waiters = self._stop_waiters, []
         for d in stop_waiters:
             d.callback(None)
+        self._reload_stopped(restart)
 
     def _transition(self, new: ServiceState) -> None:
         """The one place where the state changes."""

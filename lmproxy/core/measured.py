@@ -121,6 +121,29 @@ class Measurements:
             if resource not in self._checks:
                 self._run_check(resource)
 
+    def reconfigure(self, stale: Iterable[str]) -> None:
+        """
+        The ledger's resources were reloaded: forget C{stale} (gone, or
+        checked by another command; a check of theirs that runs is cancelled),
+        and measure the new measured ones.
+        """
+        for resource in stale:
+            self._fresh.discard(resource)
+            self._changes[resource] += 1
+            self._warnings.pop(resource, None)
+            self._failing.discard(resource)
+            check = self._checks.pop(resource, None)
+            if check is not None:
+                check.cancel()
+            timer = self._rechecks.pop(resource, None)
+            if timer is not None:
+                timer.cancel()
+        for name, r in self._ledger.resources.items():
+            if r.check_command and name not in self._rechecks:
+                self._rechecks[name] = Timer(self._reactor)
+        if not self._stopped:
+            self.check_all()
+
     def fresh(self, resources: Iterable[str]) -> bool:
         """True when every one of C{resources} has a fresh value; else measure them."""
         fresh = True

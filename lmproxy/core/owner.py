@@ -33,3 +33,6 @@ class LifecycleOwner(Protocol):
 
     def start_finished(self, lifecycle: ServiceLifecycle, seconds: float, ok: bool) -> None:
         """A start attempt of C{lifecycle} ended after C{seconds}."""
+
+    def removed(self, lifecycle: ServiceLifecycle) -> None:
+        """C{lifecycle}'s service, gone from the config, is stopped: forget it."""

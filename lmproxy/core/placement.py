@@ -10,13 +10,14 @@ service never is.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 from twisted.logger import Logger
 
-from lmproxy.core.lifecycle import RUNNING, STOPPING, ServiceLifecycle
+from lmproxy.core.lifecycle import ServiceLifecycle
 from lmproxy.core.measured import Measurements
 from lmproxy.core.resources import Ledger, plan_eviction
+from lmproxy.core.states import RUNNING, STOPPING
 from lmproxy.core.status import StatusPublisher
 from lmproxy.logs import amounts_text, log_observer
 
@@ -31,12 +32,12 @@ class Placement:
         ledger: Ledger,
         measurements: Measurements,
         publisher: StatusPublisher,
-        lifecycles: Iterable[ServiceLifecycle],
+        lifecycles: Mapping[str, ServiceLifecycle],
     ) -> None:
         self._ledger = ledger
         self._measurements = measurements
         self._publisher = publisher
-        self._lifecycles = {lc.name: lc for lc in lifecycles}
+        self._lifecycles = lifecycles  # the supervisor's, which a reload changes
         self._reported: set[str] = set()  # "waiting for resources" is logged once per wait
 
     def waiting(self, lc: ServiceLifecycle) -> None:

@@ -44,6 +44,30 @@ class Ledger:
         """Reserve C{amounts} for C{service}, which is about to start."""
         self._holdings[service] = _Holding(dict(amounts), starting=True)
 
+    def rehold(self, service: str, amounts: Mapping[str, int]) -> None:
+        """C{service}'s requirements were reloaded: it holds C{amounts} instead, if it holds."""
+        holding = self._holdings.get(service)
+        if holding is not None:
+            holding.amounts = dict(amounts)
+
+    def reconfigure(self, resources: Iterable[ResourceConfig]) -> set[str]:
+        """
+        A reloaded config's resources.  Holdings stay (a total that shrank
+        below them leaves nothing free, it stops nobody).
+
+        @return: the names whose measurement no longer holds: gone, or with
+            another C{CheckCommand}.
+        """
+        old, self.resources = self.resources, {r.name: r for r in resources}
+        stale = {
+            name
+            for name, r in old.items()
+            if name not in self.resources or self.resources[name].check_command != r.check_command
+        }
+        for name in stale:
+            self.measured.pop(name, None)
+        return stale
+
     def mark_running(self, service: str) -> None:
         """C{service} finished starting: its reservation becomes use."""
         holding = self._holdings.get(service)

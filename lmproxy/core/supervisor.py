@@ -13,19 +13,19 @@ none of them is not held up, but one that needs any of them waits its turn.
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from collections.abc import Callable
 
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lmproxy.config import Config
+from lmproxy.config import Config, ServiceConfig
 from lmproxy.core.explain import waiting_for
 from lmproxy.core.groups import GroupRegistry, GroupSignaller
-from lmproxy.core.lifecycle import RUNNING, STARTING, STOPPED, STOPPING, WAITING, ServiceLifecycle
+from lmproxy.core.lifecycle import ServiceLifecycle
 from lmproxy.core.measured import Measurements
 from lmproxy.core.placement import Placement
 from lmproxy.core.portcheck import PortCheck
@@ -33,11 +33,13 @@ from lmproxy.core.readiness import ConnectNow, ReadinessReactor
 from lmproxy.core.resources import Ledger
 from lmproxy.core.starttimes import StartTimes, state_file
 from lmproxy.core.startup import Launcher
+from lmproxy.core.states import RUNNING, STARTING, STOPPED, STOPPING, WAITING
 from lmproxy.core.status import StatusPublisher
 from lmproxy.interfaces import (
     IBackends,
     ILease,
     IStatusObserver,
+    ReloadOutcome,
     ResourceStatus,
     ServiceBusy,
     ServiceState,
@@ -91,24 +93,26 @@ class Supervisor(Service):
         self._measurements = Measurements(
             reactor, self._ledger, signal_group, self._measured, groups
         )
-        launcher = Launcher(
+        self._launcher = Launcher(
             reactor, signal_group, config.output_service_logs, groups, port_check, connect
         )
-        self._lifecycles = {
-            s.name: ServiceLifecycle(s, self, launcher, config.max_wait) for s in config.services
-        }
+        self._lifecycles = {s.name: self._lifecycle(s) for s in config.services}
         self._queue: list[ServiceLifecycle] = []  # waiting for resources, in arrival order
         self._waiting_since: dict[str, float] = {}  # of the services in _queue
         self._starting_since: dict[str, float] = {}  # of the services starting
         self._queued = dict.fromkeys(self._lifecycles, 0)  # clients waiting for a turn
+        self._removed: set[str] = set()  # names a reload removed
         self._start_times = StartTimes(state_file(config.services))
         self._placement = Placement(
-            self._ledger, self._measurements, self._publisher, self._lifecycles.values()
+            self._ledger, self._measurements, self._publisher, self._lifecycles
         )
         self._started_at = reactor.seconds()
         self._stopping = False
         self._scheduling = False
         self._schedule_again = False
+
+    def _lifecycle(self, service: ServiceConfig) -> ServiceLifecycle:
+        return ServiceLifecycle(service, self, self._launcher, self._config.max_wait)
 
     # -- IService -----------------------------------------------------------
 
@@ -119,20 +123,9 @@ class Supervisor(Service):
 
     def _launched(self) -> None:
         self._measurements.check_all()
-        for lc in self._lifecycles.values():  # in config order
-            if lc.config.start_on_launch and not self._stopping:
-                self.log.info("{service}: starting it (StartOnLaunch)", service=lc.name)
-                lc.acquire().addCallbacks(
-                    lambda lease: lease.release(), self._preload_failed, errbackArgs=(lc.name,)
-                )
-
-    def _preload_failed(self, failure: Failure, service: str) -> None:
-        """A start on launch failed: like a client's, it is logged, and lmproxy goes on."""
-        self.log.warn(
-            "{service}: not started on launch: {reason}",
-            service=service,
-            reason=failure.getErrorMessage(),
-        )
+        for lc in list(self._lifecycles.values()):  # in config order
+            if lc.config.start_on_launch:
+                lc.preload("StartOnLaunch")
 
     def stopService(self) -> Deferred[None]:
         """Stop every service in parallel; fires when every process group is gone."""
@@ -148,6 +141,65 @@ class Supervisor(Service):
         """SIGKILL every service's process group now (a second quit signal)."""
         for lifecycle in self._lifecycles.values():
             lifecycle.kill()
+
+    def reconfigure(self, config: Config, force: bool) -> ReloadOutcome:
+        """
+        Follow a reloaded config (see L{lmproxy.core.lifecyclereload}):
+        services that stay take their new settings, new ones are added,
+        removed ones stop once idle; resources follow.  Then whatever can
+        start starts.
+
+        @param force: restart and stop at once, even services in use.
+        """
+        old_config, self._config = self._config, config
+        logs = config.output_service_logs
+        self._launcher = attrs.evolve(self._launcher, output_service_logs=logs)
+        stale = self._ledger.reconfigure(config.resources)
+        self._measurements.reconfigure(stale)
+        for name in stale:
+            self._publisher.resource_changed(name)
+        outcome: dict[str, list[str]] = defaultdict(list)
+        wanted = {service.name: service for service in config.services}
+        for gone in [lc for name, lc in self._lifecycles.items() if name not in wanted]:
+            outcome[gone.remove(force)].append(gone.name)
+        kept = dict(self._lifecycles)
+        self._lifecycles.clear()  # in place: Placement shares it; in the new config's order
+        for service in config.services:
+            if service.name not in kept:
+                lc = self._lifecycle(service)
+                self._queued[service.name] = 0
+                self._removed.discard(service.name)
+                outcome["added"].append(service.name)
+            else:
+                lc = kept.pop(service.name)
+                outcome[lc.reconfigure(service, force)].append(service.name)
+            self._lifecycles[service.name] = lc
+            lc.launcher = self._launcher
+            lc.set_max_wait(config.max_wait)
+            self._ledger.rehold(service.name, lc.config.resource_requirements)
+            self._publisher.service_changed(service.name, lc.config.resource_requirements)
+        self._lifecycles.update(kept)  # removed, until they stop
+        for lc in list(self._lifecycles.values()):
+            starts = lc.config.start_on_launch and lc.state is STOPPED
+            if starts and lc.name in wanted and not self._was_preloaded(lc, old_config):
+                lc.preload("StartOnLaunch, reloaded")
+        self._explanations_changed()
+        self._schedule()
+        return ReloadOutcome(**{field: tuple(names) for field, names in outcome.items()})
+
+    def _was_preloaded(self, lc: ServiceLifecycle, old: Config) -> bool:
+        """Whether C{lc} had StartOnLaunch before the reload (its start then was its own)."""
+        return any(s.name == lc.name and s.start_on_launch for s in old.services)
+
+    def removed(self, lc: ServiceLifecycle) -> None:
+        if self._lifecycles.get(lc.name) is lc:
+            del self._lifecycles[lc.name]
+            self._queued.pop(lc.name, None)
+            self._removed.add(lc.name)
+            self._waiting_since.pop(lc.name, None)
+            self._starting_since.pop(lc.name, None)
+            self.log.info("{service}: removed (it left the config)", service=lc.name)
+            self._publisher.service_changed(lc.name)
 
     # -- IBackends ----------------------------------------------------------
 
@@ -172,8 +224,12 @@ class Supervisor(Service):
 
     def queued(self, service: str, delta: int) -> None:
         if service not in self._queued:
+            if service in self._removed:
+                return  # the clients of a removed service's port, leaving its queue
             raise UnknownService(service)
-        self._queued[service] += delta
+        # Never below 0: clients of a service removed and added back may leave
+        # the old queue after the new count began.
+        self._queued[service] = max(0, self._queued[service] + delta)
         self._publisher.service_changed(service)
 
     def snapshot(self) -> Snapshot:

@@ -40,7 +40,7 @@ class Waiters:
     ) -> None:
         self._name = name
         self._clock = clock
-        self._max_wait = max_wait
+        self.max_wait = max_wait  # a reload may change it for later waits
         self._on_left = on_left
         self._waiters: list[_Waiter] = []
 
@@ -56,13 +56,19 @@ class Waiters:
         waiter = _Waiter(Deferred(client_left), Timer(self._clock))
         self._waiters.append(waiter)
         if with_deadline:
-            waiter.deadline.arm(self._max_wait, self._gave_up, waiter)
+            waiter.deadline.arm(self.max_wait, self._gave_up, waiter)
         return waiter.deferred
 
     def end_deadlines(self) -> None:
         """The service is starting: its waiters wait for the start, however long."""
         for waiter in self._waiters:
             waiter.deadline.cancel()
+
+    def renew_deadlines(self) -> None:
+        """It must wait for resources again (a restart): each waiter has its wait again."""
+        for waiter in self._waiters:
+            if not waiter.deadline.pending:
+                waiter.deadline.arm(self.max_wait, self._gave_up, waiter)
 
     def serve(self) -> None:
         """The service runs: fire every waiter, in arrival order."""
@@ -92,12 +98,11 @@ class Waiters:
         self.log.warn(
             "{service}: a client gave up after waiting {seconds} s for resources",
             service=self._name,
-            seconds=self._max_wait,
+            seconds=self.max_wait,
         )
         self._drop(waiter)
         waiter.deferred.errback(
             ServiceUnavailable(
-                f"gave up waiting {self._max_wait:g} s for resources to start "
-                f"service {self._name!r}"
+                f"gave up waiting {self.max_wait:g} s for resources to start service {self._name!r}"
             )
         )

@@ -117,7 +117,22 @@ class RequestLimit:
         """A wait timed out (it left the queue): say so as a L{QueueFull}."""
         return Failure(QueueFull(f"it waited {timeout:g} s for a turn (MaxConcurrentRequests)"))
 
+    def resize(self, concurrent: int, queued: int | None, wait: float | None = None) -> None:
+        """
+        New bounds (a reload): turns freed by a larger C{concurrent} go to the
+        waiting requests in order at once; with a smaller one, the requests
+        over it finish and their turns are not passed on until under it.
+        Requests waiting already stay in the queue even over a smaller C{queued}.
+        """
+        self.concurrent, self.queued, self.wait = concurrent, queued, wait
+        while self._waiting and self.taken < self.concurrent:
+            self.taken += 1
+            self._waiting.popleft().callback(Turn(self))
+
     def _give_back(self) -> None:
+        if self.taken > self.concurrent:  # resized smaller: this turn ends
+            self.taken -= 1
+            return
         if self._waiting:
             self._waiting.popleft().callback(Turn(self))  # the turn passes on
         else:

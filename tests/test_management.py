@@ -221,6 +221,7 @@ class StatusTests(ApiCase):
                 "evictions": 0,
                 "last_failure": None,
                 "pinned": False,
+                "pending_reload": None,
                 "waiting_for": None,
                 "starting_since": None,
                 "start_estimate_seconds": None,

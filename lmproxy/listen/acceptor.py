@@ -193,6 +193,25 @@ class AcceptingPort:
             _log.info("({factory} on {port} closed)", factory=self._name(), port=port)
         return succeed(None)
 
+    def serve(self, factory: IProtocolFactory, banner: str | None = None) -> None:
+        """
+        Build the protocols of the next clients accepted with C{factory} (a
+        reload): the socket and the clients accepted already are not touched.
+        While listening, a different factory is started before the old one is
+        stopped, and a different banner is logged.
+
+        @param factory: builds a protocol for each connection from now on.
+        @param banner: what the port serves now (see the constructor).
+        """
+        old, self.factory = self.factory, factory
+        if self._listening and factory is not old:
+            factory.doStart()
+            old.doStop()
+        if banner != self._banner:
+            self._banner = banner
+            if self._listening and banner is not None:
+                _log.info("{banner}", banner=banner)
+
     def getHost(self) -> IPv4Address | IPv6Address:
         """The address the socket listens on."""
         host, port = self._socket.getsockname()[:2]

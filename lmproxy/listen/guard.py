@@ -301,7 +301,7 @@ class GatedSite(BodyLimitedSite):
         self.gate = gate
 
 
-def management_resource(inner: IResource, config: Config) -> IResource:
+def management_resource(inner: IResource, config: Config) -> ManagementGate:
     """
     The management API's resource behind its checks (see L{ManagementGate}).
 
@@ -330,6 +330,10 @@ class ManagementGate(Resource):
         """
         super().__init__()
         self._inner = inner
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config's keys and allowed hosts, from the next request on."""
         self._keys = KeyCheck(config.management_api_keys, "ManagementApi.ApiKeys")
         self._allowed_hosts = frozenset(config.management_allowed_hosts)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 from typing import Any
 
 from twisted.internet.defer import CancelledError
@@ -58,7 +59,7 @@ from lmproxy.listen.jsonerrors import (
     model_not_found,
 )
 from lmproxy.listen.leanroutes import Forwarding, LeanRoutes
-from lmproxy.listen.limits import QueueFull, request_limits
+from lmproxy.listen.limits import QueueFull, RequestLimit, request_limits
 from lmproxy.listen.multipart import multipart_field
 from lmproxy.logs import debugging, log_observer
 from lmproxy.requeststats import CLIENT_LEFT, RequestStats, RequestTally
@@ -103,17 +104,41 @@ class OpenAiApi:
         self._agent = agent
         self._clock = clock
         self._max_body_bytes = max_body_bytes
+        self._services_by_model: dict[str, str] = {}  # shared with LeanRoutes
+        self.limits: dict[str, RequestLimit] = {}  # shared with Forwarding
+        self.stats = stats or RequestStats(())
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """
+        Follow a reloaded config, from the next request of every connection
+        on (kept-alive ones too): routes, keys, origins and limits.  The
+        objects the site shares are changed in place; a limit that stays is
+        resized (its queue keeps its order), one that goes lets its queue in.
+        """
         self._keys = KeyCheck(config.openai_api_keys, "OpenAiApi.ApiKeys")
         self._origins = config.openai_allowed_origins
         # Model id -> service name, in config order (config rejects duplicate ids).
-        self._services_by_model: dict[str, str] = {
-            model: service.name
+        self._services_by_model.clear()
+        self._services_by_model.update(
+            (model, service.name)
             for service in config.services
             if service.openai_api
             for model in service.openai_api_models
-        }
-        self.stats = stats or RequestStats(dict.fromkeys(self._services_by_model.values()))
-        self.limits = request_limits(config, clock, backends)
+        )
+        for service in self._services_by_model.values():
+            self.stats.of(service)  # its series exist from the start
+        wanted = request_limits(config, self._clock, self._backends)
+        for name, limit in list(self.limits.items()):
+            if name not in wanted:
+                limit.resize(sys.maxsize, None)  # no limit any more: the queue goes in
+                del self.limits[name]
+        for name, limit in wanted.items():
+            kept = self.limits.get(name)
+            if kept is None:
+                self.limits[name] = limit
+            else:
+                kept.resize(limit.concurrent, limit.queued, limit.wait)
 
     def site(self) -> Site:
         """

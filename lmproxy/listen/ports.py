@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory
+from twisted.internet.interfaces import IAddress, IProtocolFactory
 from twisted.internet.protocol import Protocol, ServerFactory
 
 from lmproxy.listen.acceptor import AcceptingPort
@@ -59,7 +59,7 @@ class AdoptedPort(Service):
         self._banner = banner
         self._socket: ListeningSocket | None = listening
         self._factory = factory
-        self._port: IListeningPort | None = None
+        self._port: AcceptingPort | None = None
 
     def startService(self) -> None:
         """Adopt the socket: the reactor accepts the connections the kernel queued, and more."""
@@ -76,6 +76,24 @@ class AdoptedPort(Service):
         )
         port.startListening()
         self._port = port
+
+    def serve(self, factory: IProtocolFactory, banner: str | None = None) -> None:
+        """
+        Serve C{factory} from the next accepted connection on, on the same
+        socket (see L{AcceptingPort.serve}: the banner is logged again if it
+        changed); before the service starts, serve it from the start.
+
+        @param factory: builds a protocol for each connection from now on.
+        @param banner: what the port serves now.
+        """
+        self._factory, self._banner = factory, banner
+        if self._port is not None:
+            self._port.serve(factory, banner)
+
+    @property
+    def factory(self) -> IProtocolFactory:
+        """What builds the protocol of each connection."""
+        return self._factory
 
     def stopService(self) -> Deferred[None]:
         """Stop listening; fires once the port is closed."""

@@ -156,22 +156,47 @@ def take_ports(
                 wanted[port] = opened
             else:
                 opened.close()
-    listening: dict[int, ListeningSocket] = {}
-    problems = []
-    for port, (key, address) in keys.items():
-        if port in wanted:
-            listening[port] = wanted[port]
-            continue
-        # Not tried yet, or failed a moment ago: try (again) now, which also
-        # gives the error that is current.
-        try:
-            listening[port] = listen_socket(port, address)
-        except OSError as e:
-            why = e.strerror or str(e)
-            where = "" if address == DEFAULT_ADDRESS else f" on {address}"
-            problems.append(f"{key} {port}{where}: {why[:1].lower()}{why[1:]}")
+    listening, failed = open_ports({p: a for p, a in keys.items() if p not in wanted})
+    listening.update(wanted)
+    problems = [port_problem(port, *keys[port], failed[port]) for port in keys if port in failed]
     if problems:
         for sock in listening.values():
             sock.close()
         raise PortsUnavailable(problems)
-    return listening
+    # In the order of keys, as before.
+    return {port: listening[port] for port in keys}
+
+
+def open_ports(
+    keys: Mapping[int, tuple[str, str]],
+) -> tuple[dict[int, ListeningSocket], dict[int, OSError]]:
+    """
+    Try to open every port of C{keys} on its address, now.
+
+    @param keys: the key that asks for each port, and its address (L{port_keys}).
+    @return: the sockets listening, by port; and why each of the others
+        could not be opened (the caller owns the sockets).
+    """
+    listening: dict[int, ListeningSocket] = {}
+    failed: dict[int, OSError] = {}
+    for port, (_key, address) in keys.items():
+        try:
+            listening[port] = listen_socket(port, address)
+        except OSError as e:
+            failed[port] = e
+    return listening, failed
+
+
+def port_problem(port: int, key: str, address: str, error: OSError) -> str:
+    """
+    The line of L{PortsUnavailable} for a port that cannot be opened, e.g.
+    C{Services[2] ("Gemma-27B").ListenPort 8081: address already in use}.
+
+    @param port: the port number.
+    @param key: the key that asks for it.
+    @param address: its address (named unless it is L{DEFAULT_ADDRESS}).
+    @param error: why it cannot be opened.
+    """
+    why = error.strerror or str(error)
+    where = "" if address == DEFAULT_ADDRESS else f" on {address}"
+    return f"{key} {port}{where}: {why[:1].lower()}{why[1:]}"

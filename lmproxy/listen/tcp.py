@@ -1,48 +1,42 @@
 """
-Per-service TCP forwarding: a C{twisted.protocols.portforward.ProxyFactory}
-whose connections ask the supervisor for a running backend before they
-connect to it.
+Per-service TCP forwarding: a C{twisted.protocols.portforward.ProxyFactory} whose connections ask
+the supervisor for a running backend before they connect to it.
 
 While the client waits for its service, what it sends is read and held (up to
-ClientRequestBufferLimitBytes, then reading pauses: backpressure).  Reading on
-is what lets lmproxy notice at once that a waiting client has left; a client
-that leaves cancels its wait.  Once connected, bytes flow both ways with flow
-control, through a L{lmproxy.listen.relay.Relay} between the two sockets (or,
-for transports without a socket, through the transports, each the other's
-producer), and when either side closes the other is closed too.  A client
-that waited for a start gets the connection that found the backend ready, if
-its lease offers one (C{ILease.take_connection}), instead of opening
-another.  A failed
-connection to the backend is retried after L{ILease.reconnect} as long as the
-lease allows it (L{ILease.may_reconnect}: once per client), as the OpenAI port
-does.
+ClientRequestBufferLimitBytes, then reading pauses: backpressure).  Reading on is what lets lmproxy
+notice at once that a waiting client has left; a client that leaves cancels its wait.  Once
+connected, bytes flow both ways with flow control, through a L{lmproxy.listen.relay.Relay} between
+the two sockets (or, for transports without a socket, through the transports, each the other's
+producer), and when either side closes the other is closed too.  A client that waited for a start
+gets the connection that found the backend ready, if its lease offers one
+(C{ILease.take_connection}), instead of opening another.  A failed connection to the backend is
+retried after L{ILease.reconnect} as long as the lease allows it (L{ILease.may_reconnect}: once per
+client), as the OpenAI port does.
 
-With C{MaxConnections}, a client first takes a turn of the service's
-L{RequestLimit}, and only then asks for the backend: at most that many
-clients have a backend (or wait for one) at once, the others wait for a turn,
-first come first served, reading and holding what they send as above.  A
-turn is given back as soon as either side of its proxied connection closes
-(or the client is closed unserved).  A client waiting for a turn is not a
-waiting connection of the service (the supervisor never hears of it: it
-starts nothing, holds nothing up and keeps nothing from being stopped); the
-factory counts them (L{ServiceProxyFactory.queued}), as the OpenAI port counts
-its queued requests apart.  Its wait counts in the one bound of
-C{MaxTimeToWaitForServiceToCloseConnectionBeforeGivingUpSeconds}, from its
-arrival: a client still waiting for its turn then is closed, and so is one
-that got its turn but still waits for its service, unless that service is
-starting (the supervisor's own rule: a start, once begun, has its own
-timeout).
+With C{MaxConnections}, a client first takes a turn of the service's L{RequestLimit}, and only then
+asks for the backend: at most that many clients have a backend (or wait for one) at once, the
+others wait for a turn, first come first served, reading and holding what they send as above.  A
+turn is given back as soon as either side of its proxied connection closes (or the client is closed
+unserved).  A client waiting for a turn is not a waiting connection of the service (the supervisor
+never hears of it: it starts nothing, holds nothing up and keeps nothing from being stopped); the
+factory counts them (L{ServiceProxyFactory.queued}), as the OpenAI port counts its queued requests
+apart.  Its wait counts in the one bound of
+C{MaxTimeToWaitForServiceToCloseConnectionBeforeGivingUpSeconds}, from its arrival: a client still
+waiting for its turn then is closed, and so is one that got its turn but still waits for its
+service, unless that service is starting (the supervisor's own rule: a start, once begun, has its
+own timeout).
 
-Unlike the HTTP ports (L{lmproxy.listen.timeouts}), nothing here times out
-a client that has its backend: the protocol is the service's, and its
-clients may rightly be silent for long (a websocket, a database session), as
-upstream allows.  A client that does not read holds only its own connection: the backend is not
-read while the client's socket is full.
+Unlike the HTTP ports (L{lmproxy.listen.timeouts}), nothing here times out a client that has its
+backend: the protocol is the service's, and its clients may rightly be silent for long (a
+websocket, a database session), as upstream allows.  A client that does not read holds only its own
+connection: the backend is not read while the client's socket is full.  A reload gives the port its
+service's new settings (L{ServiceProxyFactory.reconfigure}).
 """
 
 from __future__ import annotations
 
 import socket
+import sys
 from functools import partial
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -60,13 +54,7 @@ from twisted.python.failure import Failure
 
 from lmproxy.config import ServiceConfig
 from lmproxy.config.model import DEFAULT_MAX_WAIT_SECONDS
-from lmproxy.interfaces import (
-    IBackends,
-    ILease,
-    ServiceState,
-    ServiceUnavailable,
-    UnknownService,
-)
+from lmproxy.interfaces import IBackends, ILease, ServiceState, ServiceUnavailable, UnknownService
 from lmproxy.listen.limits import RequestLimit, Turn
 from lmproxy.listen.relay import Relay
 from lmproxy.logs import address_text, debugging, log_observer
@@ -143,12 +131,7 @@ class ServiceConnection(portforward.ProxyServer):
     def connectionMade(self) -> None:
         """Ask for a backend; read the client meanwhile (see the module)."""
         _tune(self.transport)
-        if debugging():  # else the event is not even built (a cold start waits for it)
-            self.log.debug(
-                "{service}: client {peer} connected",
-                service=self.factory.service,
-                peer=address_text(self.transport.getPeer()),
-            )
+        self._debug("{service}: client {peer} connected")
         self._held: list[bytes] = []
         self._held_bytes = 0
         self._lease: ILease | None = None
@@ -167,6 +150,11 @@ class ServiceConnection(portforward.ProxyServer):
             self._deadline.arm(self.factory.max_wait, self._gave_up)
         self._taking = taking
         taking.addCallbacks(self._turn_taken, self._turn_lost)
+
+    def _debug(self, event: str) -> None:
+        if debugging():  # else the event is not even built (a cold start waits for it)
+            peer = address_text(self.transport.getPeer())
+            self.log.debug(event, service=self.factory.service, peer=peer)
 
     def _turn_taken(self, turn: Turn) -> None:
         self._taking = None
@@ -309,12 +297,7 @@ class ServiceConnection(portforward.ProxyServer):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Cancel the wait or close the backend connection; release the lease."""
-        if debugging():
-            self.log.debug(
-                "{service}: client {peer} gone",
-                service=self.factory.service,
-                peer=address_text(self.transport.getPeer()),
-            )
+        self._debug("{service}: client {peer} gone")
         self._closed = True
         self._end_deadline()
         if self._taking is not None:
@@ -333,17 +316,15 @@ class ServiceProxyFactory(portforward.ProxyFactory):
     """
     Listens for the clients of one service.
 
-    Its C{host} and C{port} (those of C{ProxyFactory}) are the service's
-    configured target; each connection goes to the address of its lease,
-    which the supervisor resolved when it started the service.
+    Its C{host} and C{port} (those of C{ProxyFactory}) are the service's configured
+    target; each connection goes to the address of its lease, which the supervisor
+    resolved when it started the service.
 
     @ivar backends: hands out the backends.
     @ivar service: the service's name.
-    @ivar buffer_limit: bytes held per waiting client before reading pauses
-        (0: no limit).
+    @ivar buffer_limit: bytes held per waiting client before reading pauses (0: no limit).
     @ivar limit: the turns of its C{MaxConnections}, or C{None}: no limit.
-    @ivar max_wait: seconds a client may wait for its turn and its service
-        together.
+    @ivar max_wait: seconds a client may wait for its turn and its service together.
     @ivar clock: times that wait.
     """
 
@@ -361,10 +342,9 @@ class ServiceProxyFactory(portforward.ProxyFactory):
         """
         @param backends: hands out the backends.
         @param service: the service whose port this is.
-        @param buffer_limit: bytes held per waiting client before reading
-            pauses (0: no limit).
-        @param reactor: connects to the backends, and times the wait for a
-            turn (it provides C{IReactorTime} too).
+        @param buffer_limit: bytes held per waiting client before reading pauses (0: no limit).
+        @param reactor: connects to the backends, and times the wait for a turn (it
+            provides C{IReactorTime} too).
         @param max_wait: the config's C{max_wait}.
         """
         super().__init__(service.proxy_target_host, service.proxy_target_port)
@@ -374,13 +354,35 @@ class ServiceProxyFactory(portforward.ProxyFactory):
         self._reactor = reactor
         self.clock = IReactorTime(reactor)
         self.max_wait = max_wait
-        self.limit = (
-            None
-            if service.max_connections is None
-            else RequestLimit(
-                service.max_connections, None, notify=partial(backends.queued, service.name)
-            )
-        )
+        self.limit = self._limit(service.max_connections)
+
+    def _limit(self, turns: int | None) -> RequestLimit | None:
+        notify = partial(self.backends.queued, self.service)
+        return None if turns is None else RequestLimit(turns, None, notify=notify)
+
+    def reconfigure(self, service: ServiceConfig, buffer_limit: int, max_wait: float) -> None:
+        """
+        Serve the new settings of the same service (a reload): its target, buffer limit and
+        max wait for the clients from now on, its C{MaxConnections} at once
+        (L{RequestLimit.resize}; without a limit any more, every waiting client gets its
+        turn).  Live connections go on, giving their turns back to the limit they took.
+
+        @param service: the service's new settings (the same name).
+        @param buffer_limit: as for the constructor.
+        @param max_wait: the config's new C{max_wait}.
+        """
+        if service.name != self.service:
+            raise ValueError(f"the port of {self.service} cannot serve {service.name}")
+        self.host, self.port = service.proxy_target_host, service.proxy_target_port
+        self.buffer_limit, self.max_wait = buffer_limit, max_wait
+        limit, turns = self.limit, service.max_connections
+        if limit is not None and turns is not None:
+            limit.resize(turns, None)
+            return
+        self.limit = self._limit(turns)
+        if limit is not None:
+            # Turns for all: counted by the old limit until they end.
+            limit.resize(sys.maxsize, None)
 
     @property
     def queued(self) -> int:

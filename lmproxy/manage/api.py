@@ -31,9 +31,11 @@ without an API key.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from importlib.resources import files
-from typing import Any
+from typing import Any, TypeVar
 
+import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -47,6 +49,8 @@ from werkzeug.routing import BaseConverter
 from lmproxy.config import Config
 from lmproxy.interfaces import (
     IBackends,
+    ReloadOutcome,
+    ReloadRefused,
     ServiceBusy,
     ServiceUnavailable,
     UnknownService,
@@ -84,8 +88,10 @@ _CSP = (
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 _log = Logger(observer=log_observer)
+_T = TypeVar("_T")
 
 
 class _NameConverter(BaseConverter):
@@ -105,21 +111,21 @@ def _arg(request: IRequest, name: str) -> str | None:
     return values[-1].decode("utf-8", errors="replace") if values else None
 
 
-def _shielded(d: Deferred[None]) -> Deferred[None]:
+def _shielded(d: Deferred[_T]) -> Deferred[_T]:
     """
     A Deferred that follows C{d} but whose cancellation (the HTTP client left)
     does not cancel C{d}: an action asked for is carried out all the same.
     """
-    result: Deferred[None] = Deferred()
+    result: Deferred[_T] = Deferred()
 
-    def done(outcome: Failure | None) -> None:
+    def done(outcome: Failure | _T) -> None:
         if result.called:
             if isinstance(outcome, Failure):
                 _log.info("Action failed after its client left: {error}", error=outcome.value)
         elif isinstance(outcome, Failure):
             result.errback(outcome)
         else:
-            result.callback(None)
+            result.callback(outcome)
 
     d.addBoth(done)
     return result
@@ -145,14 +151,24 @@ class ManagementApi:
         heartbeat: float = HEARTBEAT_SECONDS,
         log_poll_interval: float = LOG_POLL_SECONDS,
         requests: RequestStats | None = None,
+        reload: Callable[[bool], Deferred[ReloadOutcome]] | None = None,
     ) -> None:
+        """
+        @param reload: what C{POST /reload} calls, with C{force}; C{None}: 503.
+        """
         self._backends = backends
+        self._reload = reload
+        self._reloading = False
         self._config = config
         self._clock = clock
         self._heartbeat = heartbeat
         self._log_poll_interval = log_poll_interval
         self.metrics = Metrics(backends, self._clock, requests)
         self.recorder = Timeline(backends, self._clock)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: what the API reads of it (the services' log files)."""
+        self._config = config
 
     # Helpers
 
@@ -230,6 +246,28 @@ class ManagementApi:
             message = f"{name!r} has proxied connections; stop with force=1 to cut them"
             return self._error(request, 409, message, name)
         return self._json(request, 200, self._service_json(name))
+
+    @app.route("/reload", methods=["POST"])
+    async def reload(self, request: IRequest) -> bytes:
+        raw = (_arg(request, "force") or "0").lower()
+        if raw not in _TRUE | _FALSE:
+            return self._error(request, 400, "force must be 1 or 0 (true or false)")
+        if self._reload is None:
+            return self._error(request, 503, "this lmproxy cannot reload its config")
+        if self._reloading:
+            return self._error(request, 409, "a reload is being applied already")
+        self._reloading = True
+        try:
+            outcome = await _shielded(self._reload(raw in _TRUE))
+        except ReloadRefused as e:
+            body = {
+                "error": "the config was not reloaded (the running one stays)",
+                "problems": e.problems,
+            }
+            return self._json(request, 400, body)
+        finally:
+            self._reloading = False
+        return self._json(request, 200, {"reloaded": True, **attrs.asdict(outcome)})
 
     # Logs
 

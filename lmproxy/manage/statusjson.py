@@ -52,6 +52,7 @@ def service_json(service: ServiceStatus) -> JSONObject:
         "evictions": service.evictions,
         "last_failure": _failure_json(service.last_failure),
         "pinned": service.pinned,
+        "pending_reload": service.pending_reload,
         "waiting_for": _waiting_json(service.waiting_for),
         "starting_since": rfc3339(service.starting_since),
         "start_estimate_seconds": service.start_estimate,

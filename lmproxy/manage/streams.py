@@ -107,12 +107,15 @@ class EventStream(SseStream):
 
     def open(self) -> None:
         super().open()
-        snapshot = self._backends.snapshot()
-        document = status_json(snapshot)
+        self._send_status()
+        self._unsubscribe = self._backends.subscribe(self)
+
+    def _send_status(self) -> None:
+        """The whole status: at first, and when the set of services or resources changed."""
+        document = status_json(self._backends.snapshot())
         self._sent_services = {s["name"]: s for s in document["services"]}
         self._sent_resources = dict(document["resources"])
         self.write(sse("status", _dumps(document)))
-        self._unsubscribe = self._backends.subscribe(self)
 
     def status_changed(self, change: StatusChange) -> None:
         self._changed_services |= change.services
@@ -137,14 +140,30 @@ class EventStream(SseStream):
         # In config order (the order of the first status document), and only
         # what differs from what this client was sent last.
         services, self._changed_services = self._changed_services, set()
-        for name in [n for n in self._sent_services if n in services]:
-            as_json = service_json(self._backends.service_status(name))
+        resources, self._changed_resources = self._changed_resources, set()
+        try:
+            if not (services <= self._sent_services.keys()):
+                raise LookupError("a service was added")
+            if not (resources <= self._sent_resources.keys()):
+                raise LookupError("a resource was added")
+            service_updates = [
+                (name, service_json(self._backends.service_status(name)))
+                for name in self._sent_services
+                if name in services
+            ]
+            resource_updates = [
+                (name, resource_json(self._backends.resource_status(name)))
+                for name in self._sent_resources
+                if name in resources
+            ]
+        except LookupError:  # a reload changed which there are: all of it again
+            self._send_status()
+            service_updates = resource_updates = []
+        for name, as_json in service_updates:
             if self._sent_services[name] != as_json:
                 self._sent_services[name] = as_json
                 self.write(sse("service", _dumps(as_json)))
-        resources, self._changed_resources = self._changed_resources, set()
-        for name in [n for n in self._sent_resources if n in resources]:
-            as_json = resource_json(self._backends.resource_status(name))
+        for name, as_json in resource_updates:
             if self._sent_resources[name] != as_json:
                 self._sent_resources[name] = as_json
                 self.write(sse("resource", _dumps(as_json)))

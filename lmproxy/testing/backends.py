@@ -89,6 +89,7 @@ class FakeBackends:
     observers: list[IStatusObserver] = field(factory=list)
     stop_calls: list[tuple[str, bool]] = field(factory=list)
     reconnects: list[str] = field(factory=list)
+    pending_reload: dict[str, str] = field(factory=dict)  # what a reload left to do
     _proxied: dict[str, int] = field(factory=dict)
     _queued: dict[str, int] = field(factory=dict)
 
@@ -190,6 +191,7 @@ class FakeBackends:
             openai_models=s.openai_api_models,
             pid=None,
             queued_connections=self._queued.get(s.name, 0),
+            pending_reload=self.pending_reload.get(s.name),
             starts=0,
             failed_starts=0,
             evictions=0,

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { waitingText } from "../../lmproxy/manage/dashboard/waiting.js";
+import { reloadText, waitingText } from "../../lmproxy/manage/dashboard/waiting.js";
 
 const EN = new Intl.NumberFormat("en-US");
 const shortage = (extra) => ({
@@ -53,4 +53,11 @@ test("no shortage left: a measurement is awaited", () => {
     waitingText({ since: null, resources: [], behind: [] }, EN),
     "waits for a measurement of its resources",
   );
+});
+
+test("what a reload left to do, in words", () => {
+  assert.equal(reloadText(null), "");
+  assert.equal(reloadText(undefined), "");
+  assert.match(reloadText("restart"), /^restarts with its new settings once its connections end$/);
+  assert.match(reloadText("removal"), /^removed from the config; stops once/);
 });

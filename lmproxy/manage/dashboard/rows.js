@@ -7,7 +7,7 @@ import { failureLine } from "./failure.js";
 import { ago, formatAmount, namePieces, plural, safeUrl } from "./format.js";
 import { startProgress } from "./progress.js";
 import { StartBar } from "./startbar.js";
-import { waitingText } from "./waiting.js";
+import { reloadText, waitingText } from "./waiting.js";
 import { KeyedList } from "./keyed.js";
 import { LogPanel } from "./logs.js";
 import { actionButtons, stateLabel } from "./states.js";
@@ -183,8 +183,9 @@ export class ServiceRow {
     if (service.pid) parts.push(`pid ${service.pid}`);
     if (service.pinned) parts.push("pinned");
     if (service.failed_starts) parts.push(plural(service.failed_starts, "failed start"));
-    const why = waitingText(service.waiting_for);
-    if (why) parts.push(why);
+    for (const why of [waitingText(service.waiting_for), reloadText(service.pending_reload)]) {
+      if (why) parts.push(why);
+    }
     setText(this.details, parts.join(" · "));
   }
 

@@ -1,6 +1,7 @@
 // Why a service waits for resources, in words (a /status service's
 // "waiting_for"): what it lacks, who holds it and why they are not stopped
-// for it, and who asked first.  Pure.
+// for it, and who asked first; and what a reload left it to do
+// ("pending_reload").  Pure.
 
 import { formatAmount } from "./format.js";
 
@@ -27,4 +28,15 @@ export function waitingText(waiting, numbers) {
   if (!parts.length) parts.push("a measurement of its resources");
   const behind = waiting.behind.length ? ` (after ${waiting.behind.join(", ")})` : "";
   return `waits for ${parts.join("; ")}${behind}`;
+}
+
+/**
+ * What a reload left a service to do once its connections end, or "".
+ * @param {string | null | undefined} pending its "pending_reload".
+ * @returns {string}
+ */
+export function reloadText(pending) {
+  if (pending === "restart") return "restarts with its new settings once its connections end";
+  if (pending === "removal") return "removed from the config; stops once its connections end";
+  return "";
 }

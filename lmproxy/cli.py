@@ -90,7 +90,7 @@ def prepare(args: list[str], cwd: str, quit: QuitSignals) -> Options:
         listening = take_ports(port_keys(config), early)
     except PortsUnavailable as e:
         fail_ports(e.problems)
-    return _options(quit, config, listening)
+    return _options(quit, config, listening, path)
 
 
 def config_argument(args: list[str]) -> tuple[bool, str | None]:
@@ -132,11 +132,17 @@ def _parse(path: str | None, cwd: str, early: dict[int, ListeningSocket | OSErro
         fail("the config cannot be used:", e.problems)
 
 
-def _options(quit: QuitSignals, config: Config, listening: dict[int, ListeningSocket]) -> Options:
-    """The options for a config parsed already (this imports Twisted)."""
+def _options(
+    quit: QuitSignals,
+    config: Config,
+    listening: dict[int, ListeningSocket],
+    path: str | None,
+) -> Options:
+    """The options for a config parsed already from C{path} (this imports Twisted)."""
     from lmproxy.tap import Options
 
     options = Options()
+    options["config"] = path  # read again by a reload
     options.command = "lmproxy"
     options.quit = quit
     options.loaded = config
@@ -153,7 +159,8 @@ def _parse_options(args: list[str], quit: QuitSignals) -> Options:
     options = Options()
     options.command = "lmproxy"
     options.quit = quit
-    options.synopsis = "Usage: lmproxy [-c CONFIG] [--logfile PATH]"  # twistd shows its own
+    # twistd shows its own
+    options.synopsis = "Usage: lmproxy [-c CONFIG] [--logfile PATH] [--watch-config]"
     try:
         options.parseOptions(args)
     except usage.UsageError as e:

@@ -35,9 +35,10 @@ Installer = Callable[[int, "SignalHandler | signal.Handlers"], object]
 
 QUIT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """
-The signals that end lmproxy, each with the same clean stop.  SIGHUP (the
-terminal went away) is one of them until a config reload gives it a meaning
-of its own: its default would kill lmproxy without stopping anything.
+The signals lmproxy handles: SIGINT and SIGTERM end it, with the same clean
+stop; SIGHUP reloads its config once it runs (L{lmproxy.shutdown}), and ends
+it like the others before anything started (its default would kill lmproxy
+without stopping anything).
 """
 
 _KEPT_IGNORED = (signal.SIGINT, signal.SIGHUP)

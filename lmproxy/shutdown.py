@@ -1,5 +1,5 @@
 """
-How lmproxy ends on SIGINT and SIGTERM.
+How lmproxy ends on SIGINT and SIGTERM, and reloads its config on SIGHUP.
 
 The first signal stops the reactor, which stops every service in parallel
 before lmproxy exits 0, as large-model-proxy does; a second one kills every
@@ -63,13 +63,17 @@ class ShutdownSignals(Service):
         supervisor: KillsAll,
         reactor: ShutdownReactor,
         quit: QuitSignals,
+        reload: Callable[[], object] | None = None,
     ) -> None:
         """
         @param supervisor: kills every service on a second signal.
         @param reactor: stopped on the first signal.
         @param quit: the process's signal handler, which hands the signals
             over once the reactor runs.
+        @param reload: what SIGHUP does (in the reactor's thread); without
+            it, SIGHUP stops lmproxy as SIGTERM does.
         """
+        self._reload = reload
         self._supervisor = supervisor
         self._reactor = reactor
         self._quit = quit
@@ -109,6 +113,11 @@ class ShutdownSignals(Service):
         self._reactor.callFromThread(self._act, signal.Signals(signum).name)
 
     def _act(self, name: str) -> None:
+        if name == "SIGHUP" and self._reload is not None:
+            if not self._shutting_down:
+                self.log.info("SIGHUP: reloading the config")
+                self._reload()
+            return
         if not self._shutting_down:
             self._shutting_down = True
             self.log.info(

@@ -1,8 +1,10 @@
 """
 The composition root: C{twistd lmproxy}'s options and C{makeService}, which
 builds one C{MultiService} holding the watchdog, the supervisor, the signal
-handlers, a listener per service and the optional OpenAI and management APIs;
-and L{run}, which runs that tree in the foreground for the C{lmproxy} command
+handlers, the ports (a listener per service and the optional OpenAI and
+management APIs: L{lmproxy.surfaces}) and what reloads the config
+(L{lmproxy.reload}: SIGHUP, C{POST /reload}, C{--watch-config}); and L{run},
+which runs that tree in the foreground for the C{lmproxy} command
 (L{lmproxy.cli}) without twistd.
 
 The only module that imports the global reactor.  Start-up time matters
@@ -17,12 +19,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.application.service import IService, MultiService
-from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from lmproxy.config import Config, ConfigError, load_config
 from lmproxy.core.portcheck import port_taken
@@ -32,29 +34,31 @@ from lmproxy.core.subreaper import Subreaper
 from lmproxy.core.supervisor import Supervisor
 from lmproxy.core.watchdog import Watchdog
 from lmproxy.fdlimit import raise_fd_limit
-from lmproxy.launch import fail, fail_ports, keep_tls_out
-from lmproxy.listen.banners import management_banner, openai_banner, service_banner
-from lmproxy.listen.ports import AdoptedPort, LazySite
+from lmproxy.interfaces import ReloadRefused
+from lmproxy.launch import config_file, fail, fail_ports, keep_tls_out
+from lmproxy.listen.ports import LazySite
+from lmproxy.listen.porttable import PortTable
 from lmproxy.listen.sockets import ListeningSocket, PortsUnavailable, port_keys, take_ports
-from lmproxy.listen.tcp import ServiceProxyFactory
 from lmproxy.logs import log_observer, set_log_level
 from lmproxy.quitsignals import QuitSignals
-from lmproxy.requeststats import RequestStats
+from lmproxy.reload.reloader import ReloadBusy, Reloader
+from lmproxy.reload.watch import ConfigWatcher
 from lmproxy.shutdown import ShutdownSignals
+from lmproxy.surfaces import Surfaces
 from twisted import version as twisted_version
-
-if TYPE_CHECKING:
-    from twisted.web.server import Site
 
 
 class Options(usage.Options):
     """Command line of C{twistd lmproxy} and of the C{lmproxy} script."""
 
-    synopsis = "[-c CONFIG]"
+    synopsis = "[-c CONFIG] [--watch-config]"
     longdesc = (
         "Start model servers on demand, stop idle ones to free resources, and "
         "proxy their ports. Without -c, ./config.json then ./config.jsonc is used."
     )
+    optFlags = [
+        ["watch-config", None, "Reload the config whenever its file changes."],
+    ]
     optParameters = [
         ["config", "c", None, "Path of the config file (JSON or JSONC)."],
         [
@@ -137,10 +141,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # First of all, so that clients can connect while the rest is built.
     listening = _listen(config, options.listening)
     top = MultiService()
-
-    def listen(port: int, factory: IProtocolFactory, banner: str) -> None:
-        AdoptedPort(reactor, listening[port], factory, banner).setServiceParent(top)
-
     # First: the processes a service leaves behind are re-parented to lmproxy
     # (and reaped by it) from its very first spawn on.
     Subreaper(reactor).setServiceParent(top)
@@ -162,35 +162,52 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         connect=connect_now,
     )
     supervisor.setServiceParent(top)
-    signals = ShutdownSignals(supervisor, reactor, options.quit)
+    surfaces = Surfaces(supervisor, config, reactor)
+    ports = PortTable(reactor)
+    for port, (factory, banner) in surfaces.factories().items():
+        ports.add(port, listening[port], factory, banner)
+    ports.setServiceParent(top)
+    reloader = Reloader(options["config"], os.getcwd(), config, supervisor, ports, surfaces)
+    surfaces.reload = lambda force: reloader.reload(force, "POST /reload")
+    signals = ShutdownSignals(
+        supervisor, reactor, options.quit, reload=lambda: _reload_on_signal(reloader)
+    )
     signals.setServiceParent(top)
-    for service in config.services:
-        if service.listen_port is not None:
-            factory = ServiceProxyFactory(
-                supervisor, service, config.client_buffer_limit, reactor, max_wait=config.max_wait
-            )
-            listen(service.listen_port, factory, service_banner(service, service.listen_port))
-    sites: list[LazySite] = []
-    # Counted by the OpenAI port, shown on the management API's /metrics.
-    requests = RequestStats(service.name for service in config.services if service.openai_api)
-    if config.openai_listen_port is not None:
-        sites.append(LazySite(lambda: _openai_site(supervisor, config, reactor, requests)))
-        listen(
-            config.openai_listen_port, sites[-1], openai_banner(config, config.openai_listen_port)
-        )
-    if config.management_listen_port is not None:
-        sites.append(LazySite(lambda: _management_site(supervisor, config, reactor, requests)))
-        port = config.management_listen_port
-        listen(port, sites[-1], management_banner(config, port))
-    for site in sites:
+    if options["watch-config"]:
+        path = config_file(options["config"], os.getcwd())
+        assert path is not None, "the config was loaded from it"
+        watch = ConfigWatcher(path, lambda: _reload_on_change(reloader), reactor)
+        watch.setServiceParent(top)
+    apis = [(config.openai_listen_port, surfaces.openai)]
+    apis.append((config.management_listen_port, surfaces.management))
+    for site in [site for port, site in apis if port is not None]:
         # Built on the reactor's first turn: after every port listens, before
-        # the first client (usually) needs it.
+        # the first client (usually) needs it.  (A port that a reload adds
+        # builds its site for its first client.)
         reactor.callWhenRunning(reactor.callLater, 0, _prebuild, site, signals)
     # From here on, twistd may write its pid file and the tree may start (and
     # spawn the watchdog child) before the reactor runs: a quit signal waits
     # for the reactor, which stops what was started, instead of exiting.
     options.quit.hold()
     return top
+
+
+def _reload_on_signal(reloader: Reloader) -> None:
+    # Refusals and outcomes are logged by the reloader: nothing else to do.
+    reloader.reload(False, "SIGHUP").addErrback(_reload_failed)
+
+
+def _reload_on_change(reloader: Reloader) -> None:
+    reloader.reload(False, "--watch-config").addErrback(_reload_failed)
+
+
+def _reload_failed(failure: Failure) -> None:
+    if failure.check(ReloadRefused):
+        return  # logged with its problems
+    if failure.check(ReloadBusy):
+        _log.warn("a reload is being applied already: this one was skipped")
+        return
+    _log.failure("reload failed", failure)
 
 
 _log = Logger(observer=log_observer)
@@ -239,25 +256,3 @@ def _prebuild(site: LazySite, signals: ShutdownSignals) -> None:
     # (acted on earlier in this same turn): the imports would only delay the exit.
     if not signals.stopping:
         site.site()
-
-
-def _openai_site(
-    supervisor: Supervisor, config: Config, reactor: Any, requests: RequestStats
-) -> Site:
-    from lmproxy.listen.httpforward import backend_agent
-    from lmproxy.listen.openai import OpenAiApi
-
-    agent = backend_agent(reactor)
-    api = OpenAiApi(supervisor, config, agent, reactor, config.openai_max_body_bytes, requests)
-    return api.site()
-
-
-def _management_site(
-    supervisor: Supervisor, config: Config, reactor: Any, requests: RequestStats
-) -> Site:
-    from lmproxy.listen.guard import management_resource
-    from lmproxy.listen.sites import ManagementSite
-    from lmproxy.manage.api import ManagementApi
-
-    api = ManagementApi(supervisor, config, reactor, requests=requests)
-    return ManagementSite(management_resource(api.app.resource(), config), reactor)

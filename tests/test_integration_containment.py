@@ -3,7 +3,7 @@ Integration tests of issue 9's "nothing outlives lmproxy", with a real
 C{twistd -n lmproxy} and real processes: a service whose command double-forks
 a grandchild that calls C{setsid} (it leaves the service's process group and
 session, and is re-parented when its parent exits) is ended when the service
-stops, and when lmproxy stops (SIGINT, SIGTERM, SIGHUP) or dies (SIGKILL).
+stops, and when lmproxy stops (SIGINT, SIGTERM) or dies (SIGKILL).
 After SIGKILL, the watchdog child also ends running HealthcheckCommands and
 CheckCommands with their children, and runs the KillCommand of each service
 that was running.  A stray process on a service's target port makes its start
@@ -164,9 +164,6 @@ class QuitTests(TestCase):
 
     async def test_sigterm(self) -> None:
         await self.quit_with(signal.SIGTERM)
-
-    async def test_sighup(self) -> None:
-        await self.quit_with(signal.SIGHUP)
 
     async def test_grandchild_without_environment(self) -> None:
         """

@@ -180,9 +180,9 @@ class CoreIntegrationTests(TestCase):
         """SIGINT stops services with their whole process group, then exits 0."""
         await self.stops_everything_on(signal.SIGINT)
 
-    async def test_sighup_stops_cleanly(self) -> None:
-        """SIGHUP (the terminal went away) stops everything as SIGTERM does: no process left."""
-        await self.stops_everything_on(signal.SIGHUP)
+    async def test_sigterm_stops_cleanly(self) -> None:
+        """SIGTERM (what systemd and kill send) stops everything: no process left."""
+        await self.stops_everything_on(signal.SIGTERM)
 
     async def stops_everything_on(self, signum: int) -> None:
         """Run a service with a grandchild; C{signum} stops it all, and lmproxy exits 0."""

@@ -30,6 +30,7 @@ ALLOWED = {
     "lmproxy.manage": {"lmproxy.config", "lmproxy.interfaces", *SHARED},
     "lmproxy.demo": SHARED,
     "lmproxy.testing": {"lmproxy.config", "lmproxy.interfaces"},
+    "lmproxy.reload": {"lmproxy.config", "lmproxy.interfaces", "lmproxy.listen", *SHARED},
     **{shared: set() for shared in SHARED},
     "lmproxy.compat": set(),
 }

@@ -204,12 +204,41 @@ class ShutdownSignalsTests(SynchronousTestCase):
         self.signal(signal.SIGTERM)
         self.assertEqual(self.reactor.stops, 1)
 
-    def test_sighup_stops_cleanly(self) -> None:
-        """SIGHUP (the terminal went away) stops lmproxy as SIGTERM does."""
+    def test_sighup_stops_cleanly_without_a_reload(self) -> None:
+        """Without a reload to do, SIGHUP stops lmproxy as SIGTERM does."""
         self.start()
         self.reactor.run()
         self.signal(signal.SIGHUP)
         self.assertEqual((self.reactor.stops, self.supervisor.kills), (1, 0))
+
+    def test_sighup_reloads(self) -> None:
+        """With one, SIGHUP reloads, in the reactor's thread, every time; nothing stops."""
+        reloads: list[int] = []
+        self.signals = ShutdownSignals(
+            self.supervisor, self.reactor, self.quit, reload=lambda: reloads.append(1)
+        )
+        self.start()
+        self.reactor.run()
+        self.fake.deliver(signal.SIGHUP)
+        self.assertEqual(reloads, [])  # not from the handler
+        self.reactor.turn()
+        self.signal(signal.SIGHUP)
+        self.assertEqual((len(reloads), self.reactor.stops), (2, 0))
+        self.signal(signal.SIGTERM)
+        self.signal(signal.SIGHUP)  # stopping: no reload, no kill
+        self.assertEqual((len(reloads), self.reactor.stops, self.supervisor.kills), (2, 1, 0))
+
+    def test_sighup_before_the_reactor_runs_reloads_once_it_does(self) -> None:
+        """A SIGHUP held before the reactor runs is a reload once it runs."""
+        reloads: list[int] = []
+        self.signals = ShutdownSignals(
+            self.supervisor, self.reactor, self.quit, reload=lambda: reloads.append(1)
+        )
+        self.start()
+        self.fake.deliver(signal.SIGHUP)
+        self.reactor.run()
+        self.reactor.turn()
+        self.assertEqual((len(reloads), self.reactor.stops), (1, 0))
 
     def test_signal_after_the_start_before_the_reactor_runs(self) -> None:
         """

@@ -25,7 +25,8 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from lmproxy.config import Config, ServiceConfig
-from lmproxy.listen.ports import AdoptedPort, LazySite
+from lmproxy.listen.ports import LazySite
+from lmproxy.listen.porttable import PortTable
 from lmproxy.listen.sockets import (
     LISTEN_BACKLOG,
     ListeningSocket,
@@ -68,9 +69,10 @@ def _busy(test: SynchronousTestCase, port: int) -> None:
     busy.listen()
 
 
-def _ports(top: IService) -> list[AdoptedPort]:
+def _ports(top: IService) -> list[PortTable]:
+    """The service of every port (started alone by these tests)."""
     assert isinstance(top, MultiService)
-    return [s for s in top if isinstance(s, AdoptedPort)]
+    return [s for s in top if isinstance(s, PortTable)]
 
 
 class MakeServiceTests(SynchronousTestCase):

@@ -349,3 +349,7 @@ class ReloadRefused(Exception):
         """
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class ReloadBusy(Exception):
+    """A reload is being applied already: this one is not started."""

@@ -34,14 +34,14 @@ from lmproxy.core.subreaper import Subreaper
 from lmproxy.core.supervisor import Supervisor
 from lmproxy.core.watchdog import Watchdog
 from lmproxy.fdlimit import raise_fd_limit
-from lmproxy.interfaces import ReloadRefused
+from lmproxy.interfaces import ReloadBusy, ReloadRefused
 from lmproxy.launch import config_file, fail, fail_ports, keep_tls_out
 from lmproxy.listen.ports import LazySite
 from lmproxy.listen.porttable import PortTable
 from lmproxy.listen.sockets import ListeningSocket, PortsUnavailable, port_keys, take_ports
 from lmproxy.logs import log_observer, set_log_level
 from lmproxy.quitsignals import QuitSignals
-from lmproxy.reload.reloader import ReloadBusy, Reloader
+from lmproxy.reload.reloader import Reloader
 from lmproxy.reload.watch import ConfigWatcher
 from lmproxy.shutdown import ShutdownSignals
 from lmproxy.surfaces import Surfaces
@@ -170,16 +170,18 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     reloader = Reloader(options["config"], os.getcwd(), config, supervisor, ports, surfaces)
     surfaces.reload = lambda force: reloader.reload(force, "POST /reload")
     signals = ShutdownSignals(
-        supervisor, reactor, options.quit, reload=lambda: _reload_on_signal(reloader)
+        supervisor, reactor, options.quit, reload=lambda: _reload(reloader, "SIGHUP")
     )
     signals.setServiceParent(top)
     if options["watch-config"]:
         path = config_file(options["config"], os.getcwd())
         assert path is not None, "the config was loaded from it"
-        watch = ConfigWatcher(path, lambda: _reload_on_change(reloader), reactor)
+        watch = ConfigWatcher(path, lambda: _reload(reloader, "--watch-config"), reactor)
         watch.setServiceParent(top)
-    apis = [(config.openai_listen_port, surfaces.openai)]
-    apis.append((config.management_listen_port, surfaces.management))
+    apis = [
+        (config.openai_listen_port, surfaces.openai),
+        (config.management_listen_port, surfaces.management),
+    ]
     for site in [site for port, site in apis if port is not None]:
         # Built on the reactor's first turn: after every port listens, before
         # the first client (usually) needs it.  (A port that a reload adds
@@ -192,13 +194,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     return top
 
 
-def _reload_on_signal(reloader: Reloader) -> None:
+def _reload(reloader: Reloader[Any], why: str) -> None:
     # Refusals and outcomes are logged by the reloader: nothing else to do.
-    reloader.reload(False, "SIGHUP").addErrback(_reload_failed)
-
-
-def _reload_on_change(reloader: Reloader) -> None:
-    reloader.reload(False, "--watch-config").addErrback(_reload_failed)
+    reloader.reload(False, why).addErrback(_reload_failed)
 
 
 def _reload_failed(failure: Failure) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred, fail, succeed
 
-from lmproxy.interfaces import REMOVAL, ReloadOutcome, ReloadRefused
+from lmproxy.interfaces import REMOVAL, ReloadBusy, ReloadOutcome, ReloadRefused
 from lmproxy.manage.api import ManagementApi
 from tests.test_management import ALPHA, ApiCase, Client
 
@@ -23,7 +23,11 @@ class ReloadRouteTests(ApiCase):
 
     def reload(self, force: bool) -> Deferred[ReloadOutcome]:
         self.calls.append(force)
-        return succeed(self.outcome) if self.next is None else self.next
+        if self.next is None:
+            return succeed(self.outcome)
+        if self.next.called or len(self.calls) == 1:
+            return self.next
+        return fail(ReloadBusy("a reload is being applied already"))  # as the Reloader
 
     def test_reloaded(self) -> None:
         """200 with what happened to each service."""

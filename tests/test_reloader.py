@@ -14,9 +14,9 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from lmproxy.config import Config, ConfigError, ServiceConfig
-from lmproxy.interfaces import ReloadOutcome, ReloadRefused
+from lmproxy.interfaces import ReloadBusy, ReloadOutcome, ReloadRefused
 from lmproxy.listen.sockets import PortsUnavailable
-from lmproxy.reload.reloader import Factories, ReloadBusy, Reloader
+from lmproxy.reload.reloader import Factories, Reloader
 from lmproxy.reload.watch import ConfigWatcher
 
 

@@ -49,6 +49,7 @@ from werkzeug.routing import BaseConverter
 from lmproxy.config import Config
 from lmproxy.interfaces import (
     IBackends,
+    ReloadBusy,
     ReloadOutcome,
     ReloadRefused,
     ServiceBusy,
@@ -158,7 +159,6 @@ class ManagementApi:
         """
         self._backends = backends
         self._reload = reload
-        self._reloading = False
         self._config = config
         self._clock = clock
         self._heartbeat = heartbeat
@@ -254,19 +254,16 @@ class ManagementApi:
             return self._error(request, 400, "force must be 1 or 0 (true or false)")
         if self._reload is None:
             return self._error(request, 503, "this lmproxy cannot reload its config")
-        if self._reloading:
-            return self._error(request, 409, "a reload is being applied already")
-        self._reloading = True
         try:
             outcome = await _shielded(self._reload(raw in _TRUE))
+        except ReloadBusy as e:
+            return self._error(request, 409, str(e))
         except ReloadRefused as e:
             body = {
                 "error": "the config was not reloaded (the running one stays)",
                 "problems": e.problems,
             }
             return self._json(request, 400, body)
-        finally:
-            self._reloading = False
         return self._json(request, 200, {"reloaded": True, **attrs.asdict(outcome)})
 
     # Logs

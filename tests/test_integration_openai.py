@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletionChunk
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
@@ -58,6 +59,21 @@ def _chat(client: openai.OpenAI, model: str, text: str = "hi") -> tuple[str, int
     stream = raw.http_response.extensions["network_stream"]
     port = stream.get_extra_info("client_addr")[1]
     return raw.parse().choices[0].message.content or "", port
+
+
+def _cut_stream(
+    client: openai.OpenAI, model: str, text: str
+) -> tuple[list[ChatCompletionChunk], Exception]:
+    """The chunks of a streamed chat that fails mid-stream, and what it fails with."""
+    chunks: list[ChatCompletionChunk] = []
+    try:
+        with client.chat.completions.create(
+            model=model, messages=user_message(text), stream=True
+        ) as stream:
+            chunks.extend(stream)
+    except Exception as e:
+        return chunks, e
+    raise AssertionError(f"the stream ended without an error after {len(chunks)} chunks")
 
 
 def _status_error(client: openai.OpenAI, model: str) -> openai.APIStatusError:
@@ -259,13 +275,16 @@ class OpenAiPortTests(TestCase):
     async def test_backend_crash_mid_stream(self) -> None:
         """
         A model server that dies in the middle of a streamed answer: the
-        client's stream ends, and the next request starts the model again.
+        client's stream fails after the events that came (never a silently
+        short answer), /metrics counts one cut answer, and the next request
+        starts the model again.
         """
-        api, target = free_ports(2)
+        api, management, target = free_ports(3)
         lmproxy = Lmproxy(
             self,
             {
                 "OpenAiApi": {"ListenPort": api},
+                "ManagementApi": {"ListenPort": management},
                 "Services": [
                     demo_service("crashy", None, target, "--crash-mid-stream", OpenAiApi=True)
                 ],
@@ -273,15 +292,26 @@ class OpenAiPortTests(TestCase):
         )
         await lmproxy.start()
         client = self.client(api, timeout=20)
-        # lmproxy ends the chunked answer cleanly where the backend stopped: the
-        # client sees a short stream, no exception, no finish_reason and no
-        # [DONE].  A hang would end in openai.APITimeoutError.
-        chunks = await deferToThread(stream_chat, client, "crashy", "one two three")
+        # The chunked answer ends without its last chunk: the SDK's HTTP client
+        # raises (a hang would end in openai.APITimeoutError, not this).
+        chunks, error = await deferToThread(_cut_stream, client, "crashy", "one two three")
+        self.assertIsInstance(error, openai.APIConnectionError)
+        self.assertNotIsInstance(error, openai.APITimeoutError)
+        self.assertIn("incomplete chunked read", str(error.__cause__), repr(error.__cause__))
         self.assertEqual(len(chunks), 2, "the two events the demo sends before it dies")
         self.assertEqual(delta_texts(chunks), ["demo(crashy)"])
-        self.assertEqual([c.choices[0].finish_reason for c in chunks], [None, None])
         (crashed,) = _started_pids(lmproxy, "crashy")
-        self.assertIn("Backend crashy ended its response early", lmproxy.output)
+        self.assertEqual(lmproxy.output.count("Backend crashy ended its response early"), 1)
+        _, _, body = await http("GET", f"http://127.0.0.1:{management}/metrics")
+        metrics = body.decode("utf-8")
+        self.assertIn(
+            'lmproxy_openai_responses_cut_total{model="crashy",service="crashy"} 1.0', metrics
+        )
+        # Counted with the status that was sent, not as a client that left.
+        self.assertIn(
+            'lmproxy_openai_requests_total{code="200",model="crashy",service="crashy"} 1.0',
+            metrics,
+        )
         # The dying process closes its port before lmproxy can reap it (up to
         # 0.3 s on a loaded machine): until then the service counts as running,
         # and a refused connection is a 503 (no RestartOnConnectionFailure).

@@ -20,6 +20,7 @@ SHARED = {
     "lmproxy.timers",
     "lmproxy.openai_errors",
     "lmproxy.requeststats",
+    "lmproxy.apishared",
 }
 # What each room may import of lmproxy, besides itself.
 ALLOWED = {
@@ -32,6 +33,7 @@ ALLOWED = {
     "lmproxy.testing": {"lmproxy.config", "lmproxy.interfaces"},
     "lmproxy.reload": {"lmproxy.config", "lmproxy.interfaces", "lmproxy.listen", *SHARED},
     **{shared: set() for shared in SHARED},
+    "lmproxy.apishared": {"lmproxy.logs", "lmproxy.timers"},
     "lmproxy.compat": set(),
 }
 MAX_LINES = 400

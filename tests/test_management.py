@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IResponse
 
+from lmproxy.apishared import shielded
 from lmproxy.config import Config, ResourceConfig, ServiceConfig
 from lmproxy.interfaces import (
     ServiceBusy,
@@ -31,7 +32,7 @@ from lmproxy.interfaces import (
     StartFailure,
 )
 from lmproxy.listen.guard import management_resource
-from lmproxy.manage.api import ManagementApi, _shielded
+from lmproxy.manage.api import ManagementApi
 from lmproxy.manage.statusjson import rfc3339
 from lmproxy.manage.streams import sse
 from lmproxy.testing import ScriptedBackends
@@ -454,16 +455,16 @@ class ShieldTests(SynchronousTestCase):
     def test_cancel_does_not_reach_the_action(self) -> None:
         cancelled: list[object] = []
         action: Deferred[None] = Deferred(cancelled.append)
-        shielded = _shielded(action)
-        shielded.cancel()
-        self.failureResultOf(shielded)
+        following = shielded(action)
+        following.cancel()
+        self.failureResultOf(following)
         self.assertEqual(cancelled, [])
         action.errback(ServiceUnavailable("late failure"))  # logged, not left unhandled
         self.assertIsNone(self.successResultOf(action))
 
     def test_follows_result(self) -> None:
-        self.assertIsNone(self.successResultOf(_shielded(succeed(None))))
-        self.failureResultOf(_shielded(fail(ServiceBusy("x"))), ServiceBusy)
+        self.assertIsNone(self.successResultOf(shielded(succeed(None))))
+        self.failureResultOf(shielded(fail(ServiceBusy("x"))), ServiceBusy)
 
 
 class ErrorTests(ApiCase):

@@ -46,7 +46,7 @@ from lmproxy.interfaces import (
     ServiceState,
     ServiceUnavailable,
 )
-from lmproxy.listen import openai
+from lmproxy.listen import routeforward
 from lmproxy.listen.httpforward import BytesProducer, backend_agent, end_to_end_headers
 from lmproxy.listen.jsonerrors import JSON_CONTENT_TYPE
 from lmproxy.listen.multipart import multipart_field
@@ -85,6 +85,13 @@ JSON_PATHS = (
     "/v1/rerank",
     "/v1/images/generations",
     "/v1/audio/speech",
+    "/completion",
+    "/infill",
+    "/tokenize",
+    "/detokenize",
+    "/apply-template",
+    "/embedding",
+    "/reranking",
 )
 MULTIPART_PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations")
 BOUNDARY = "lmproxy-test-boundary"
@@ -332,7 +339,13 @@ class ModelListTests(ProxyTestCase):
     """GET /v1/models and GET /v1/models/{id}."""
 
     def entry(self, model: str) -> dict[str, Any]:
-        return {"id": model, "object": "model", "created": STARTED_AT, "owned_by": "lmproxy"}
+        return {
+            "id": model,
+            "object": "model",
+            "created": STARTED_AT,
+            "owned_by": "lmproxy",
+            "status": {"value": "stopped"},
+        }
 
     def test_list(self) -> None:
         """Every model id of every OpenAI service, in config order."""
@@ -418,7 +431,7 @@ class RoutingTests(ProxyTestCase):
         """One line per forwarded request with LogLevel Debug; none, not even built, else."""
         self.addCleanup(set_log_level, "Normal")
         built: list[str] = []
-        self.patch(openai.log, "debug", lambda format, **kw: built.append(format))
+        self.patch(routeforward.log, "debug", lambda format, **kw: built.append(format))
         for level in ["Debug", "Normal"]:
             set_log_level(level)
             self.assertEqual(debugging(), level == "Debug")
@@ -798,7 +811,7 @@ class LifecycleTests(ProxyTestCase):
         self.assertEqual(self.backends.counts("chat"), (0, 0))
 
     def test_backend_dies_mid_stream(self) -> None:
-        """A chunked response cut short ends cleanly with what was sent."""
+        """A chunked response cut short ends as an error, after what was sent."""
         self.make_running()
 
         def die(request: Request, body: bytes) -> int:
@@ -814,7 +827,8 @@ class LifecycleTests(ProxyTestCase):
         self.assertNoResult(body)
         self.clock.advance(1)
         self.pump()
-        self.assertEqual(self.successResultOf(body), b"data: 1\n\n")
+        # No last chunk: the client's HTTP parser sees the body cut.
+        self.failureResultOf(body, ResponseFailed)
         self.assertEqual(self.backends.counts("chat"), (0, 0))
 
     def test_backend_dies_mid_sized_response(self) -> None:
@@ -1150,7 +1164,7 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(self.backends.counts("chat"), (0, 0))
 
     def test_backend_dies_mid_stream(self) -> None:
-        """A chunked response cut short is finished; the client connection stays usable."""
+        """A chunked response cut short: the client connection closes without the last chunk."""
         self.wire.channel.dataReceived(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: lmproxy\r\n"
             b'Content-Length: 20\r\n\r\n{"model": "llama-3"}'
@@ -1161,8 +1175,8 @@ class WireTests(SynchronousTestCase):
         )
         protocol.connectionLost(Failure(ConnectionLost()))
         _, _, body = self.wire.response(raw=True)
-        self.assertEqual(body, b"9\r\ndata: 1\n\n\r\n0\r\n\r\n")
-        self.assertFalse(self.wire.client.disconnecting)
+        self.assertEqual(body, b"9\r\ndata: 1\n\n\r\n")
+        self.assertTrue(self.wire.client.disconnecting)
         self.assertEqual(self.backends.counts("chat"), (0, 0))
 
     def test_backend_dies_mid_sized_response(self) -> None:

@@ -20,13 +20,18 @@ C{_IDeprecatedHTTPChannelToRequestInterface}.  The assumptions, each tested:
     resource unrendered.
  5. Once the connection is closed from within those calls, the channel takes
     the rest of the client's bytes without writing anything.
+ 6. From the request line of a request until the request is complete, the
+    channel holds its target (path and query, as sent) as C{_path}: a
+    C{Request} gets its C{path} only with C{requestReceived}, and an answer
+    before that (a refusal, a timeout) may depend on it
+    (L{reading_path}).
 
 This module imports twisted.web: import it only where a site is built.
 """
 
 from __future__ import annotations
 
-from twisted.web.http import RESPONSES
+from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
@@ -109,3 +114,15 @@ class EarlyAnswerRequest(Request):
         """Assumption 4: the complete request, which processing starts from."""
         if not self.answered_early:
             super().requestReceived(command, path, version)
+
+
+def reading_path(channel: HTTPChannel) -> bytes | None:
+    """
+    The path (without its query) of the request whose head or body
+    C{channel} is reading, or C{None} when it is between requests or has
+    not read a request line yet (assumption 6).
+
+    @param channel: a twisted.web channel.
+    """
+    target = getattr(channel, "_path", None)
+    return target.partition(b"?")[0] if isinstance(target, bytes) else None

@@ -5,14 +5,33 @@ L{lmproxy.config.keys}, which declares the others).
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from lmproxy.config.access import api_keys, host_names, ip_address, origins
-from lmproxy.config.model import Config
+from lmproxy.config.model import (
+    LOADING_FEEDBACK_COMMENTS,
+    LOADING_FEEDBACK_OFF,
+    LOADING_FEEDBACK_PROGRESS,
+    Config,
+)
+from lmproxy.config.problems import At
 from lmproxy.config.schema import Key, Section
-from lmproxy.config.values import count_or_default, port
+from lmproxy.config.values import Invalid, count_or_default, port, show
 
 _CONFIG = attrs.fields(Config)
+
+
+def loading_feedback(value: Any, at: At) -> Any:
+    """C{false}, C{true} (comments and progress text) or C{"comments"} (comments only)."""
+    if value is False:
+        return LOADING_FEEDBACK_OFF
+    if value is True:
+        return LOADING_FEEDBACK_PROGRESS
+    if value == LOADING_FEEDBACK_COMMENTS:
+        return value
+    raise Invalid(f'expected true, false or "comments", got {show(value)}')
 
 
 class OpenAiApiKeys(Section):
@@ -47,6 +66,12 @@ class OpenAiApiKeys(Section):
         origins,
         doc='The Origins whose browser requests are served ("*": any); others get 403.',
         fills=_CONFIG.openai_allowed_origins,
+    )
+    LOADING_FEEDBACK = Key(
+        "LoadingFeedback",
+        loading_feedback,
+        doc="Streams for a model that starts get SSE comments meanwhile, and progress text.",
+        fills=_CONFIG.openai_loading_feedback,
     )
 
 

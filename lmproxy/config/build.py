@@ -206,10 +206,14 @@ def _check_unique(entries: list[Entry], api_ports: dict[str, int], at: At) -> No
             where = e.at.key(listen_port.name)
             port_claims.append((e.fields.values[listen_port], where, where.path))
     report(port_claims, "port {claim} is also the port of {owner}")
-    report(
-        ((model, e.at.key(models.name), e.at.path) for e in entries for model in _models(e.fields)),
-        "model {claim} is also served by {owner}",
-    )
+    model_claims: list[tuple[object, At, str]] = []
+    for e in entries:
+        model_claims.extend(
+            (model, e.at.key(models.name), e.at.path) for model in _models(e.fields)
+        )
+        where = e.at.key(ServiceKeys.ALIASES.name)
+        model_claims.extend((alias, where, e.at.path) for alias in _aliases(e.fields))
+    report(model_claims, "model {claim} is also served by {owner}")
 
 
 def _check_log_files(entries: list[Entry], cwd: str) -> None:
@@ -249,6 +253,11 @@ def _models(fields: Fields) -> tuple[str, ...]:
         return ()
     name = fields.get(ServiceKeys.NAME)
     return fields.get(ServiceKeys.OPENAI_API_MODELS) or (() if name is None else (name,))
+
+
+def _aliases(fields: Fields) -> tuple[str, ...]:
+    """The more model ids of a service (its Aliases), when it serves the OpenAI port."""
+    return fields.get(ServiceKeys.ALIASES, ()) if fields.get(ServiceKeys.OPENAI_API) else ()
 
 
 def _service(

@@ -42,6 +42,7 @@ from lmproxy.config.values import (
     display_name,
     environment,
     idle_seconds,
+    json_object,
     log_level,
     milliseconds,
     model_ids,
@@ -198,6 +199,24 @@ class ServiceKeys(Section):
         model_ids,
         doc="The model ids it serves there; default its Name.",
     )
+    ALIASES = Key(
+        "Aliases",
+        model_ids,
+        doc="More model ids it serves there, listed in its entries' aliases, not as entries.",
+        fills=_SERVICE.aliases,
+    )
+    USE_MODEL_NAME = Key(
+        "UseModelName",
+        display_name,
+        doc="The model name put in the bodies forwarded to it, instead of the one asked for.",
+        fills=_SERVICE.use_model_name,
+    )
+    UNLISTED = Key(
+        "Unlisted", boolean, doc="Served, but not listed by /v1/models.", fills=_SERVICE.unlisted
+    )
+    METADATA = Key(
+        "Metadata", json_object, doc="Shown in its /v1/models entries.", fills=_SERVICE.metadata
+    )
     # No fills: build._service renders service_url, DefaultServiceUrl by default.
     SERVICE_URL = Key(
         "ServiceUrl",
@@ -249,10 +268,10 @@ class ServiceKeys(Section):
             at.key(cls.HEALTHCHECK_INTERVAL.name).problem(
                 f"given, but there is no {cls.HEALTHCHECK_COMMAND.name}"
             )
-        for limit in (cls.MAX_CONCURRENT_REQUESTS, cls.MAX_QUEUED_REQUESTS):
-            if limit in fields.values and not (openai or openai_unknown):
-                at.key(limit.name).problem(
-                    f"given, but {cls.OPENAI_API.name} is not true: it limits the OpenAI port"
+        for only in _OPENAI_ONLY:
+            if only in fields.values and not (openai or openai_unknown):
+                at.key(only.name).problem(
+                    f"given, but {cls.OPENAI_API.name} is not true: it is for the OpenAI port"
                 )
         if cls.MAX_CONNECTIONS in fields.values and not fields.given(cls.LISTEN_PORT):
             at.key(cls.MAX_CONNECTIONS.name).problem(
@@ -264,6 +283,17 @@ class ServiceKeys(Section):
             at.key(cls.MAX_QUEUED_REQUESTS.name).problem(
                 f"given, but there is no {cls.MAX_CONCURRENT_REQUESTS.name}"
             )
+
+
+_OPENAI_ONLY = (
+    ServiceKeys.MAX_CONCURRENT_REQUESTS,
+    ServiceKeys.MAX_QUEUED_REQUESTS,
+    ServiceKeys.ALIASES,
+    ServiceKeys.USE_MODEL_NAME,
+    ServiceKeys.UNLISTED,
+    ServiceKeys.METADATA,
+)
+"""The keys of a service that only a service with OpenAiApi may have."""
 
 
 @frozen(eq=False)

@@ -12,6 +12,7 @@ the defaults here are the ones a config file gets for a key it leaves out.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from attrs import field, frozen
 
@@ -23,6 +24,11 @@ DEFAULT_HEALTHCHECK_INTERVAL_SECONDS = 0.1
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 600.0
 DEFAULT_CHECK_INTERVAL_SECONDS = 1.0
 DEFAULT_LISTEN_ADDRESS = "0.0.0.0"  # every IPv4 interface, as lmproxy always listened
+
+# The values of Config.openai_loading_feedback (OpenAiApi.LoadingFeedback):
+LOADING_FEEDBACK_OFF = "off"  # false: streams start with the model's own answer
+LOADING_FEEDBACK_COMMENTS = "comments"  # SSE comments while the model starts
+LOADING_FEEDBACK_PROGRESS = "progress"  # true: and progress text for chat completions
 
 
 def is_tcp_port(number: int) -> bool:
@@ -77,6 +83,12 @@ class ServiceConfig:
         else the global one; C{None}: never stopped for being idle (C{-1}).
     @ivar openai_api_models: the model ids served on the OpenAI port; the
         parser gives C{(name,)} to a service with C{OpenAiApi} and no list.
+    @ivar aliases: more model ids served on the OpenAI port, not listed as
+        entries of their own by C{/v1/models}.
+    @ivar use_model_name: the model name that forwarded bodies carry
+        instead of the id the client asked for, or C{None}.
+    @ivar unlisted: served on the OpenAI port but not listed.
+    @ivar metadata: a free-form object shown in its C{/v1/models} entries.
     @ivar service_url: the dashboard link, rendered (C{{{.PORT}}} replaced),
         or C{None} for no link.
     @ivar resource_requirements: resource name to the amount used while the
@@ -107,6 +119,10 @@ class ServiceConfig:
     consider_stopped_on_process_exit: bool = True
     openai_api: bool = False
     openai_api_models: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    use_model_name: str | None = None
+    unlisted: bool = False
+    metadata: Mapping[str, Any] = field(factory=dict)
     service_url: str | None = None
     resource_requirements: Mapping[str, int] = field(factory=dict)
     listen_address: str = DEFAULT_LISTEN_ADDRESS
@@ -139,6 +155,8 @@ class Config:
         one of; none: no key needed.
     @ivar openai_allowed_origins: the C{Origin}s (C{scheme://host[:port]},
         lowercase) whose requests the OpenAI port serves; C{"*"} is any.
+    @ivar openai_loading_feedback: what a stream for a model that has to
+        start gets meanwhile: C{LOADING_FEEDBACK_OFF}, C{_COMMENTS} or C{_PROGRESS}.
     @ivar management_listen_address: the IP address of the management port.
     @ivar management_api_keys: like C{openai_api_keys}, for the management API.
     @ivar management_allowed_hosts: host names (lowercase, without port) that
@@ -159,6 +177,7 @@ class Config:
     openai_listen_address: str = DEFAULT_LISTEN_ADDRESS
     openai_api_keys: tuple[Secret, ...] = ()
     openai_allowed_origins: tuple[str, ...] = ()
+    openai_loading_feedback: str = LOADING_FEEDBACK_OFF
     management_listen_address: str = DEFAULT_LISTEN_ADDRESS
     management_api_keys: tuple[Secret, ...] = ()
     management_allowed_hosts: tuple[str, ...] = ()

@@ -247,6 +247,27 @@ def model_ids(value: Any, at: At) -> Any:
     return tuple(ids) or UNSET
 
 
+def json_object(value: Any, at: At) -> Any:
+    """Any JSON object, as a C{dict} (its objects too); a key given twice is a problem."""
+    if not isinstance(value, JsonObject):
+        raise Invalid(f"expected an object, got {show(value)}")
+    return _plain(value, at)
+
+
+def _plain(value: Any, at: At) -> Any:
+    """A parsed JSON value with its objects as C{dict}s, its lists as lists."""
+    if isinstance(value, JsonObject):
+        plain: dict[str, Any] = {}
+        for key, item in value:
+            if key in plain:
+                at.key(key).problem("given twice")
+            plain[key] = _plain(item, at.key(key))
+        return plain
+    if isinstance(value, list):
+        return [_plain(item, at.index(index)) for index, item in enumerate(value)]
+    return value
+
+
 # Go-template actions, {{...}}; the only one lmproxy knows is {{.PORT}}.
 _ACTION = re.compile(r"\{\{(.*?)\}\}", re.S)
 

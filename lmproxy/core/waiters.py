@@ -18,6 +18,13 @@ from lmproxy.interfaces import ServiceUnavailable
 from lmproxy.logs import log_observer
 from lmproxy.timers import Timer
 
+RETRY_AFTER_RESOURCES = 5.0
+"""
+When a client that gave up waiting for resources may ask again (its
+C{Retry-After}): nothing tells when another service will be idle, so a
+short wait, and then a whole new wait for resources.
+"""
+
 
 @define(eq=False)
 class _Waiter:
@@ -103,6 +110,8 @@ class Waiters:
         self._drop(waiter)
         waiter.deferred.errback(
             ServiceUnavailable(
-                f"gave up waiting {self.max_wait:g} s for resources to start service {self._name!r}"
+                f"gave up waiting {self.max_wait:g} s for resources"
+                f" to start service {self._name!r}",
+                retry_after=RETRY_AFTER_RESOURCES,
             )
         )

@@ -57,10 +57,14 @@ class Reply:
 class StreamedReply:
     """
     An answer to send as Server-Sent Events, one per item of C{events}; the
-    final C{[DONE]} is not among them.
+    final C{[DONE]} of OpenAI's streams is not among them.
+
+    @ivar named: each event goes as C{event: <its type>} with no C{[DONE]}
+        after them (Anthropic's streams), not as bare C{data} (OpenAI's).
     """
 
     events: list[JSONObject]
+    named: bool = False
 
 
 def json_bytes(obj: object) -> bytes:
@@ -242,11 +246,12 @@ class Completions:
     pid: int
     _answered: int = field(default=0, init=False)
 
-    def _next_id(self, prefix: str) -> str:
+    def next_id(self, prefix: str) -> str:
+        """A new answer id: C{prefix}, the pid, a count."""
         self._answered += 1
         return f"{prefix}-demo{self.pid}-{self._answered}"
 
-    def _tokens(self, body: JSONObject, text: str) -> tuple[list[str], str]:
+    def tokens(self, body: JSONObject, text: str) -> tuple[list[str], str]:
         """
         The reply's tokens and its finish reason, honouring C{max_tokens}.
         """
@@ -271,12 +276,12 @@ class Completions:
         stream = optional_bool(body, "stream")
         user = [m.get("content") for m in messages if m.get("role") == "user"]
         last = message_text(user[-1]) if user else ""
-        tokens, finish = self._tokens(body, last)
+        tokens, finish = self.tokens(body, last)
         counted = usage(
             sum(count_words(message_text(m.get("content"))) for m in messages), len(tokens)
         )
         base = {
-            "id": self._next_id("chatcmpl"),
+            "id": self.next_id("chatcmpl"),
             "object": "chat.completion.chunk" if stream else "chat.completion",
             "created": created,
             "model": body["model"],
@@ -314,10 +319,10 @@ class Completions:
         if not isinstance(prompt, str):
             raise BadRequest("'prompt' must be a string or a list of strings", "prompt")
         stream = optional_bool(body, "stream")
-        tokens, finish = self._tokens(body, prompt)
+        tokens, finish = self.tokens(body, prompt)
         counted = usage(count_words(prompt), len(tokens))
         base = {
-            "id": self._next_id("cmpl"),
+            "id": self.next_id("cmpl"),
             "object": "text_completion",
             "created": created,
             "model": body["model"],

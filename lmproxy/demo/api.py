@@ -7,12 +7,14 @@ would cost start-up time, see L{lmproxy.demo.main}):
  - C{POST /v1/chat/completions} and C{POST /v1/completions} (Server-Sent
    Events with C{"stream": true}), C{POST /v1/embeddings}: see
    L{lmproxy.demo.answers};
+ - C{POST /v1/messages} (Anthropic's events with C{"stream": true}) and
+   C{POST /v1/messages/count_tokens}: see L{lmproxy.demo.anthropic};
  - C{POST /echo}: the request body back; C{GET /bytes?n=N}: N bytes; both
    with flow control, for benchmarks.
 
 Every answer carries C{X-Demo-Pid}, so that tests see which process answered;
-errors are OpenAI-shaped (L{lmproxy.openai_errors.error_document}), C{HEAD}
-is answered wherever C{GET} is.
+errors are OpenAI-shaped, Anthropic-shaped on Anthropic's paths
+(L{lmproxy.openai_errors.error_body}); C{HEAD} is answered wherever C{GET} is.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from lmproxy.demo.answers import (
     json_bytes,
     parse_body,
 )
+from lmproxy.demo.anthropic import Messages
 from lmproxy.demo.options import CRASH_EXIT_CODE
 from lmproxy.demo.streams import SSE_DONE, BodyProducer, EventStream, read_pattern, sse_event
-from lmproxy.openai_errors import error_document
+from lmproxy.openai_errors import error_body, error_document
 
 #: How long a crash waits at most for the events written so far to reach the client.
 CRASH_FLUSH_SECONDS = 2.0
@@ -90,6 +93,7 @@ class DemoAPI(Resource):
         self._fail_health = fail_health
         self._crash = self._crash_after_flush if crash is None else crash
         self._completions = Completions(self.pid)
+        self._messages = Messages(self._completions)
         self.created = int(clock.seconds())
         self._routes: dict[str, dict[bytes, Handler]] = {
             "/health": {b"GET": self._health},
@@ -97,6 +101,8 @@ class DemoAPI(Resource):
             "/v1/chat/completions": {b"POST": self._chat_completions},
             "/v1/completions": {b"POST": self._text_completions},
             "/v1/embeddings": {b"POST": self._embeddings},
+            "/v1/messages": {b"POST": self._create_message},
+            "/v1/messages/count_tokens": {b"POST": self._count_tokens},
             "/echo": {b"POST": self._echo},
             "/bytes": {b"GET": self._bytes},
         }
@@ -106,7 +112,7 @@ class DemoAPI(Resource):
     def render(self, request: Request) -> bytes | int:
         """
         Route C{request} on its path and method; answer 404 and 405 in OpenAI's
-        shape, and L{BadRequest} as a 400.
+        shape, and L{BadRequest} as a 400 (in Anthropic's on its paths).
         """
         request.setHeader(b"x-demo-pid", b"%d" % self.pid)
         path = "/" + "/".join(s.decode("utf-8", "replace") for s in request.postpath or [])
@@ -131,7 +137,8 @@ class DemoAPI(Resource):
         try:
             return handler(request)
         except BadRequest as e:
-            return self._json(request, error_document(e.message, param=e.param), 400)
+            body = error_body(path.encode("utf-8"), 400, e.message, param=e.param)
+            return self._json(request, body, 400)
 
     def _json(self, request: Request, obj: object, code: int = 200) -> bytes:
         request.setResponseCode(code)
@@ -152,10 +159,14 @@ class DemoAPI(Resource):
         request.setHeader(b"content-type", b"text/event-stream")
         request.setHeader(b"cache-control", b"no-cache")
         crash = self._crash_mid_stream
+        if reply.named:
+            frames = [sse_event(json_bytes(e), e["type"].encode()) for e in reply.events]
+        else:
+            frames = [*(sse_event(json_bytes(event)) for event in reply.events), SSE_DONE]
         EventStream(
             self._clock,
             request,
-            [*(sse_event(json_bytes(event)) for event in reply.events), SSE_DONE],
+            frames,
             self._token_delay,
             crash_after=CRASH_AFTER_EVENTS if crash else None,
             crash=self._crash if crash else None,
@@ -223,6 +234,12 @@ class DemoAPI(Resource):
 
     def _embeddings(self, request: Request) -> bytes | int:
         return self._answer(request, embeddings(self._body(request)))
+
+    def _create_message(self, request: Request) -> bytes | int:
+        return self._answer(request, self._messages.create(self._body(request)))
+
+    def _count_tokens(self, request: Request) -> bytes | int:
+        return self._answer(request, self._messages.count_tokens(self._body(request)))
 
     def _echo(self, request: Request) -> int:
         # twisted.web keeps a large body in a temporary file: stream it from there.

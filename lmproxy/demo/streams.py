@@ -28,11 +28,13 @@ _PATTERN = bytes(range(256)) * (CHUNK_SIZE // 256)
 _log = Logger(observer=log_observer)
 
 
-def sse_event(data: bytes) -> bytes:
+def sse_event(data: bytes, name: bytes | None = None) -> bytes:
     """
-    One Server-Sent Event whose data is C{data} (a single line).
+    One Server-Sent Event whose data is C{data} (a single line), of type
+    C{name} if given (its C{event:} line).
     """
-    return b"data: " + data + b"\n\n"
+    event = b"data: " + data + b"\n\n"
+    return event if name is None else b"event: " + name + b"\n" + event
 
 
 #: The event that ends an OpenAI stream.

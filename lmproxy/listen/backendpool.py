@@ -24,9 +24,10 @@ from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
+    connectProtocol,
 )
 from twisted.internet.interfaces import IReactorTCP, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import Interface, implementer
@@ -135,6 +136,13 @@ class IBackendConnections(Interface):
         endpoint's C{ConnectError}.
         """
 
+    def own_connection(host: str, port: int, protocol: Protocol) -> Deferred[Protocol]:
+        """
+        A connection to C{host:port} that C{protocol} speaks, never pooled
+        (the passthrough's: L{lmproxy.listen.upstream}); fires with
+        C{protocol} once connected, errs as L{new_connection} does.
+        """
+
 
 @implementer(IAgent, IBackendConnections)
 class BackendAgent:
@@ -184,6 +192,9 @@ class BackendAgent:
         factory = _ConnectionFactory(self, (host, port))
         connecting = _endpoint(self._reactor, host, port).connect(factory)
         return connecting  # type: ignore[return-value]  # the factory builds BackendConnections
+
+    def own_connection(self, host: str, port: int, protocol: Protocol) -> Deferred[Protocol]:
+        return connectProtocol(_endpoint(self._reactor, host, port), protocol)
 
     def _idle(self, key: tuple[str, int], connection: BackendConnection) -> None:
         idle = self._pools.setdefault(key, [])

@@ -7,7 +7,6 @@ Each failure is logged here, once.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
@@ -17,7 +16,7 @@ from twisted.web.iweb import IRequest
 from lmproxy.interfaces import ServiceUnavailable
 from lmproxy.listen.jsonerrors import JSON_CONTENT_TYPE, encode
 from lmproxy.logs import log_observer
-from lmproxy.openai_errors import error_document
+from lmproxy.openai_errors import error_body, retry_headers
 
 log = Logger(observer=log_observer)
 
@@ -25,26 +24,42 @@ log = Logger(observer=log_observer)
 @dataclass(frozen=True, slots=True)
 class Answer:
     """
-    A whole JSON answer.
+    A whole JSON error answer, whose body takes the shape of the request's
+    path (L{lmproxy.openai_errors.error_body}): the same failure is an OpenAI error on
+    C{/v1/chat/completions} and an Anthropic one on C{/v1/messages}.
 
     @ivar status: the HTTP status.
-    @ivar body: the JSON body.
-    @ivar headers: the headers besides Content-Type and Content-Length.
+    @ivar message: what went wrong, fit to show a user.
+    @ivar kind: the error's C{type} in OpenAI's shape.
+    @ivar code: its machine-readable C{code} in OpenAI's shape.
+    @ivar headers: the headers besides Content-Type and Content-Length
+        (L{lmproxy.openai_errors.retry_headers}).
     """
 
     status: int
-    body: bytes
+    message: str
+    kind: str = "server_error"
+    code: str | None = None
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
-    def head_lines(self, close: bool) -> list[bytes]:
+    def body(self, path: bytes | None) -> bytes:
+        """
+        Its body, for a request to C{path}.
+
+        @param path: the request's path without its query.
+        """
+        return encode(error_body(path, self.status, self.message, self.kind, None, self.code))
+
+    def head_lines(self, close: bool, body: bytes) -> list[bytes]:
         """
         Its status line and headers, for a raw HTTP/1.1 connection.
 
         @param close: whether the connection closes after it (says so).
+        @param body: its L{body}.
         """
         lines = [
             b"HTTP/1.1 %d %s\r\n" % (self.status, HTTPStatus(self.status).phrase.encode("ascii")),
-            b"Content-Type: %s\r\nContent-Length: %d\r\n" % (JSON_CONTENT_TYPE, len(self.body)),
+            b"Content-Type: %s\r\nContent-Length: %d\r\n" % (JSON_CONTENT_TYPE, len(body)),
         ]
         lines.extend(b"%s: %s\r\n" % (name, value) for name, value in self.headers)
         if close:
@@ -58,59 +73,52 @@ class Answer:
         request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
         for name, value in self.headers:
             request.setHeader(name, value)
-        return self.body
-
-
-def _server_error(
-    status: int, message: str, code: str, headers: list[tuple[bytes, bytes]]
-) -> Answer:
-    return Answer(status, encode(error_document(message, "server_error", None, code)), headers)
+        return self.body(request.path)
 
 
 def unavailable(service: str, error: ServiceUnavailable) -> Answer:
     """
-    OpenAI's 503 for a service that cannot serve now: the reason and the last
-    lines its server wrote, when to retry (C{Retry-After}, the back-off after a
-    failed start), and C{x-should-retry: false} when retrying cannot help (the
-    header OpenAI's SDKs obey), so that they do not retry a broken model.
+    The 503 for a service that cannot serve now: the reason and the last
+    lines its server wrote, when to retry (C{Retry-After}: the back-off after
+    a failed start, or a wait for resources that timed out), and
+    C{x-should-retry: false} when retrying cannot help (the header the SDKs
+    obey), so that they do not retry a broken model.
     """
     log.info("Request for {service} failed: {why}", service=service, why=str(error))
     message = str(error)
     if error.output_tail:
         message += "\nLast output of the server:\n" + "\n".join(error.output_tail)
-    headers = []
-    if error.retry_after is not None:
-        headers.append((b"retry-after", b"%d" % max(1, math.ceil(error.retry_after))))
-    if not error.retryable:
-        headers.append((b"x-should-retry", b"false"))
-    return _server_error(503, message, "service_unavailable", headers)
+    headers = retry_headers(503, error.retry_after, error.retryable)
+    return Answer(503, message, code="service_unavailable", headers=headers)
 
 
 def connect_failed(service: str, error: Exception) -> Answer:
     """The 503 for a backend that could not be connected to, even after a reconnect."""
     message = f"Could not connect to service {service!r}: {error}"
     log.info("{message}", message=message)
-    return _server_error(503, message, "service_unavailable", [])
+    return Answer(503, message, code="service_unavailable", headers=retry_headers(503))
 
 
 def queue_full(service: str, error: Exception) -> Answer:
     """
-    OpenAI's 429 for a service whose every turn is taken and whose queue is
+    The 429 for a service whose every turn is taken and whose queue is
     full (L{lmproxy.listen.limits}): worth retrying in a moment.
     """
     message = f"Service {service!r} is busy: {error}; retry later."
     log.info("{message}", message=message)
-    document = error_document(message, "requests", None, "rate_limit_exceeded")
-    return Answer(429, encode(document), [(b"retry-after", b"1")])
+    return Answer(429, message, "requests", "rate_limit_exceeded", retry_headers(429, 1))
 
 
 def internal_error() -> Answer:
-    """The 500 for a bug of lmproxy's (its traceback is logged by the caller)."""
-    return Answer(500, encode(error_document("Internal error in lmproxy.", "server_error")))
+    """
+    The 500 for a bug of lmproxy's (its traceback is logged by the caller),
+    which retrying does not mend.
+    """
+    return Answer(500, "Internal error in lmproxy.", headers=retry_headers(500))
 
 
 def no_response(service: str, error: Exception) -> Answer:
     """The 502 for a backend that closed the connection without an answer."""
     message = f"Service {service!r} closed the connection without a response."
     log.warn("{message} ({why})", message=message, why=str(error))
-    return _server_error(502, message, "bad_gateway", [])
+    return Answer(502, message, code="bad_gateway", headers=retry_headers(502))

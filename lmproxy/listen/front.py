@@ -17,6 +17,8 @@ behind the same connection, and the next request is read once that one is
 answered.  A head the channel is not sure of (not plain, or a body framed by
 chunks) hands the rest of the connection to twisted.web.  So the answers,
 errors and limits of the port stay twisted.web's; only the hot path is new.
+A request that the site's tunnels take (C{/upstream/...}, whatever its
+framing) gets the rest of the connection: its body is not read here.
 
 The channel bounds its own requests as the guarded channel does: the headers
 within L{HEADERS_SECONDS}, the body moving, a kept connection idle for
@@ -26,21 +28,20 @@ pauses on to whoever writes: the forwarded answer's backend, or twisted.web.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import (
     IAddress,
-    IConsumer,
     IPushProducer,
     IReactorTime,
     ITCPTransport,
-    ITransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lmproxy.compat.writes import Sender
+from lmproxy.listen.innertransport import InnerTransport
 from lmproxy.listen.requesthead import MAX_HEAD_BYTES, RequestHead, head_end, parse_head
 from lmproxy.listen.timeouts import (
     BODY_LATE,
@@ -55,64 +56,12 @@ from lmproxy.listen.timeouts import (
 from lmproxy.timers import Timer
 
 if TYPE_CHECKING:
-    from lmproxy.listen.frontsite import Exchange, FrontSite
+    from lmproxy.listen.frontsite import Exchange, FrontSite, Tunnel
 
 _PIPELINED_BYTES = 64 * 1024
 """Bytes of later requests held while one is answered; past this, reading pauses."""
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-@implementer(ITransport, IPushProducer, IConsumer)
-class _InnerTransport:
-    """
-    The transport of a front channel's twisted.web channel: the connection's
-    own, except that the producer twisted.web registers is the front
-    channel's to pause.
-    """
-
-    def __init__(self, front: FrontChannel, transport: Any) -> None:
-        self._front = front
-        self._transport = transport
-
-    @property
-    def disconnecting(self) -> bool:
-        return bool(self._transport.disconnecting)
-
-    def write(self, data: bytes) -> None:
-        self._transport.write(data)
-
-    def writeSequence(self, data: Any) -> None:
-        self._transport.writeSequence(data)
-
-    def loseConnection(self) -> None:
-        self._transport.loseConnection()
-
-    def abortConnection(self) -> None:
-        self._transport.abortConnection()
-
-    def getPeer(self) -> IAddress:
-        peer: IAddress = self._transport.getPeer()
-        return peer
-
-    def getHost(self) -> IAddress:
-        host: IAddress = self._transport.getHost()
-        return host
-
-    def pauseProducing(self) -> None:
-        self._transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self._transport.stopProducing()
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self._front._inner_producer = producer
-
-    def unregisterProducer(self) -> None:
-        self._front._inner_producer = None
 
 
 @implementer(IPushProducer)
@@ -123,7 +72,8 @@ class FrontChannel(Protocol):
     Its phase: C{"idle"} between requests, C{"head"} while a head comes,
     C{"body"} while the body of a hot request comes, C{"forwarding"} while
     one is answered, C{"inner"} while twisted.web has a request,
-    C{"inner_all"} once twisted.web has the connection, C{"closed"}.
+    C{"inner_all"} once twisted.web has the connection, C{"tunnel"} once a
+    passthrough has it (L{lmproxy.listen.upstream}), C{"closed"}.
     """
 
     def __init__(self, site: FrontSite, addr: IAddress | None) -> None:
@@ -142,8 +92,9 @@ class FrontChannel(Protocol):
         self._last_byte = 0.0
         self._inner: GuardedChannel | None = None
         self._inner_left = 0  # body bytes of twisted.web's request still to pass on
-        self._inner_producer: IPushProducer | None = None
+        self._inner_transport: InnerTransport | None = None
         self.exchange: Exchange | None = None
+        self._tunnel: Tunnel | None = None  # takes every byte in the "tunnel" phase
         self._reading_paused = False
         self._client_full = False
 
@@ -179,6 +130,9 @@ class FrontChannel(Protocol):
         if phase == "inner_all":
             self._pass(data)
             return
+        if phase == "tunnel" and self._tunnel is not None:
+            self._tunnel.data_received(data)
+            return
         if phase == "inner" and self._inner_left:
             taken = data[: self._inner_left]
             self._inner_left -= len(taken)
@@ -209,6 +163,12 @@ class FrontChannel(Protocol):
                     self._timer.push(HEADERS_SECONDS, self._check)
                 return
             head = parse_head(self._buffer[:end])
+            if head is not None and self._site.tunnels.takes(head):
+                self._phase = "tunnel"  # the connection is the tunnel's
+                self._timer.cancel()
+                body, self._buffer = self._buffer[head.size :], b""
+                self._tunnel = self._site.tunnels.open(self, head, body)
+                return
             if head is None or not head.plain_framing:
                 self._hand_over_all()
                 return
@@ -271,7 +231,8 @@ class FrontChannel(Protocol):
         if self._inner is None:
             inner = self._site.inner_channel(self._addr)
             inner.on_answered = self._inner_answered
-            inner.makeConnection(_InnerTransport(self, self.transport))
+            self._inner_transport = InnerTransport(self.transport)
+            inner.makeConnection(self._inner_transport)
             self._inner = inner
         return self._inner
 
@@ -335,8 +296,7 @@ class FrontChannel(Protocol):
         elif phase == "body":
             head = self._head
             assert head is not None
-            received = len(self._buffer) - head.size
-            ends = body_deadline(self._since, self._last_byte, received)
+            ends = body_deadline(self._since, self._last_byte, len(self._buffer) - head.size)
         else:
             return  # answering, or twisted.web's: no deadline of ours
         if now < ends:
@@ -347,8 +307,22 @@ class FrontChannel(Protocol):
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
         message = HEADERS_LATE if phase == "head" else BODY_LATE
-        self.transport.writeSequence(timeout_answer(self._site, message))  # type: ignore[union-attr]
+        cors = self._site.cors.headers_for(self._head) if phase == "body" and self._head else []
+        answer = timeout_answer(self._site, message, self._reading_path(phase), cors)
+        self.transport.writeSequence(answer)  # type: ignore[union-attr]
         self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _reading_path(self, phase: str) -> bytes | None:
+        """
+        The path of the request being read in C{phase} (C{"head"} or
+        C{"body"}), once its request line is in, as twisted.web's channel
+        knows it (L{lmproxy.compat.web.reading_path}).
+        """
+        if phase == "body" and self._head is not None:
+            return self._head.path
+        line, end, _ = self._buffer.partition(b"\r\n")
+        parts = line.split(b" ")
+        return parts[1].partition(b"?")[0] if end and len(parts) == 3 else None
 
     # --- IPushProducer: the client's connection ------------------------------------
 
@@ -357,18 +331,25 @@ class FrontChannel(Protocol):
         self._client_full = True
         if self.exchange is not None:
             self.exchange.pause()
-        if self._inner_producer is not None:
-            self._inner_producer.pauseProducing()
+        inner = self._inner_producer()
+        if inner is not None:
+            inner.pauseProducing()
 
     def resumeProducing(self) -> None:
         """The client's connection has room again."""
         self._client_full = False
         if self.exchange is not None:
             self.exchange.resume()
-        if self._inner_producer is not None:
-            self._inner_producer.resumeProducing()
+        inner = self._inner_producer()
+        if inner is not None:
+            inner.resumeProducing()
 
     def stopProducing(self) -> None:
         """The connection is going: C{connectionLost} follows."""
-        if self._inner_producer is not None:
-            self._inner_producer.stopProducing()
+        inner = self._inner_producer()
+        if inner is not None:
+            inner.stopProducing()
+
+    def _inner_producer(self) -> IPushProducer | None:
+        """What writes twisted.web's answers, while one is written."""
+        return None if self._inner_transport is None else self._inner_transport.producer

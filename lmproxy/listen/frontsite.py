@@ -12,8 +12,8 @@ from typing import Protocol as TypingProtocol
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.web.resource import IResource
 
+from lmproxy.listen.cors import CorsPolicy, CorsSite
 from lmproxy.listen.front import FrontChannel
-from lmproxy.listen.guard import GatedSite
 from lmproxy.listen.requesthead import RequestHead
 from lmproxy.listen.timeouts import GuardedChannel
 
@@ -50,10 +50,34 @@ class Exchange(TypingProtocol):
         """The client's connection is gone: drop the request."""
 
 
-class FrontSite(GatedSite):
+class Tunnel(Exchange, TypingProtocol):
+    """A request that has the rest of its connection (L{Tunnels.open})."""
+
+    def data_received(self, data: bytes) -> None:
+        """More bytes of the client's, as they come."""
+
+
+class Tunnels(TypingProtocol):
+    """The requests that take the rest of their connection, as they come."""
+
+    def takes(self, head: RequestHead) -> bool:
+        """Whether C{head}'s request is one: the channel then calls L{open}."""
+
+    def open(self, channel: FrontChannel, head: RequestHead, body: bytes) -> Tunnel | None:
+        """
+        Serve the request, which now has the connection; set it as the
+        channel's C{exchange}, or answer and close.
+
+        @param body: what came after its head so far.
+        @return: what takes the connection's next bytes, if anything.
+        """
+
+
+class FrontSite(CorsSite):
     """
-    A L{GatedSite} whose connections are L{FrontChannel}s: its hot routes
-    are L{LeanRoutes}; twisted.web serves the rest with the site's resource.
+    A L{CorsSite} whose connections are L{FrontChannel}s: its hot routes
+    are L{LeanRoutes}, its L{Tunnels} take their connections; twisted.web
+    serves the rest with the site's resource.
     """
 
     def __init__(
@@ -63,16 +87,21 @@ class FrontSite(GatedSite):
         clock: IReactorTime,
         gate: Any,
         routes: LeanRoutes,
+        tunnels: Tunnels,
+        cors: CorsPolicy | None = None,
     ) -> None:
         """
         @param resource: the root resource, for twisted.web.
         @param max_body_bytes: larger request bodies are refused with 413.
         @param clock: drives the timeouts.
-        @param gate: see L{GatedSite.gate}.
+        @param gate: see L{lmproxy.listen.guard.GatedSite.gate}.
         @param routes: the hot routes.
+        @param tunnels: the requests that take the rest of their connection.
+        @param cors: see L{CorsSite.cors}.
         """
-        super().__init__(resource, max_body_bytes, clock, gate)
+        super().__init__(resource, max_body_bytes, clock, gate, cors)
         self.routes = routes
+        self.tunnels = tunnels
 
     def buildProtocol(self, addr: IAddress | None) -> FrontChannel:  # type: ignore[override]
         """A L{FrontChannel} for a new connection."""

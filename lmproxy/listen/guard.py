@@ -264,14 +264,18 @@ class GatedRequest(BodyLimitedRequest):
     """
 
     def body_length(self, length: int | None) -> None:
-        """The headers are in: check the body's length, then the gate."""
+        """The headers are in: check the body's length, then the gate (unless L{gate_later})."""
         super().body_length(length)
-        if self.answered_early:
+        if self.answered_early or self.gate_later(length):
             return
         site: GatedSite = self.channel.site
         refusal = site.gate(self.requestHeaders)
         if refusal is not None:
             self.refuse(refusal.status, refusal.message, refusal.code, refusal.headers())
+
+    def gate_later(self, length: int | None) -> bool:
+        """Whether a subclass runs the gate itself, later; here never."""
+        return False
 
 
 class GatedSite(BodyLimitedSite):

@@ -12,7 +12,7 @@ control; and the hop-by-hop header filtering that the hot path
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 from twisted.internet.defer import Deferred, succeed
@@ -28,6 +28,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from lmproxy.listen.backendpool import BackendAgent
+from lmproxy.listen.cors import backend_headers
 from lmproxy.logs import log_observer
 
 log = Logger(observer=log_observer)
@@ -149,7 +150,9 @@ def send(agent: IAgent, request: Request, host: str, port: int, body: bytes) -> 
     return agent.request(request.method, url, headers, BytesProducer(body))
 
 
-def relay(response: IResponse, request: Request, service: str) -> Deferred[None]:
+def relay(
+    response: IResponse, request: Request, service: str, cut: Callable[[], None]
+) -> Deferred[None]:
     """
     Copy C{response} to C{request}: status, end-to-end headers, then the
     body as it arrives.  The result fires once the client's response is over
@@ -159,18 +162,32 @@ def relay(response: IResponse, request: Request, service: str) -> Deferred[None]
     @param response: the backend's response.
     @param request: the client's request to answer.
     @param service: the service's name, for the log.
+    @param cut: called when the backend cuts the body short (see L{ResponseRelay}).
     """
     request.setResponseCode(response.code, response.phrase)
     # The agent keeps the connection headers (Connection, Keep-Alive,
     # Content-Length, Transfer-Encoding, ...) to itself; filter the rest anyway.
-    _copy_end_to_end(response.headers, request.responseHeaders, frozenset())
+    # lmproxy's own CORS headers, set already, stay the only ones.
+    own_first = backend_headers(request.responseHeaders, response.headers)
+    _copy_end_to_end(own_first, request.responseHeaders, frozenset())
     declared_length = response.length is not UNKNOWN_LENGTH and response.code not in NO_BODY_CODES
     if declared_length:
         # Keeps a sized body sized for the client instead of re-chunking it.
         request.setHeader(b"Content-Length", b"%d" % response.length)
     # The backend's Content-Type (or its absence) is the answer; never invent one.
     request.defaultContentType = None
-    body = ResponseRelay(request, service, declared_length)
+    return relay_body(response, request, service, cut)
+
+
+def relay_body(
+    response: IResponse, request: Request, service: str, cut: Callable[[], None]
+) -> Deferred[None]:
+    """
+    Copy only C{response}'s body to C{request}, whose own head is set (or
+    sent) already: the stream of L{lmproxy.listen.loadingfeedback}.  The
+    parameters and the result are those of L{relay}.
+    """
+    body = ResponseRelay(request, service, cut)
     response.deliverBody(body)
     return body.done
 
@@ -184,18 +201,22 @@ class ResponseRelay(Protocol):
     It is the request's streaming producer: when the client reads slower than
     the backend writes, twisted.web pauses it and it pauses the backend's
     transport.  When the client goes away it stops the backend response, which
-    closes that backend connection (cancelling the generation).
+    closes that backend connection (cancelling the generation).  A body the
+    backend cuts short (its connection lost before the body's end) ends as
+    an error: the client's connection is closed without the rest (a sized
+    body's missing bytes, a chunked one's last chunk).
     """
 
-    def __init__(self, request: Request, service: str, declared_length: bool) -> None:
+    def __init__(self, request: Request, service: str, cut: Callable[[], None]) -> None:
         """
         @param request: the client's request to write the body to.
         @param service: the service's name, for the log.
-        @param declared_length: whether the client was promised a Content-Length.
+        @param cut: called once if the backend cuts the body short, before
+            the client's connection closes (so before the route is cancelled).
         """
         self._request = request
         self._service = service
-        self._declared_length = declared_length
+        self._cut = cut
         self._client_gone = False
         self.done: Deferred[None] = Deferred(lambda _: self.stopProducing())
         request.notifyFinish().addErrback(self._client_left)
@@ -218,13 +239,12 @@ class ResponseRelay(Protocol):
                 service=self._service,
                 reason=reason.getErrorMessage(),
             )
-            if self._declared_length:
-                # The client was promised Content-Length bytes that will never
-                # come: only closing its connection ends its wait.  done fires
-                # from _client_left once the connection is gone.
-                self._request.loseConnection()
-                return
-        # Complete, or a chunked stream cut short: end it cleanly with what was sent.
+            self._cut()
+            self._request.write(b"")  # the status goes, though no body byte came
+            # done fires from _client_left once the connection is gone: until
+            # then, Klein would finish the request, ending the body cleanly.
+            self._request.loseConnection()
+            return
         self._request.finish()
         self._fire()
 

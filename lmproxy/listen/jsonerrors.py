@@ -1,7 +1,9 @@
 """
-The JSON answers of the OpenAI port: JSON bodies, errors in OpenAI's shape
-(built by L{lmproxy.openai_errors.error_document}), and a Klein app whose
-resource answers even an undecodable URL with such an error.
+The JSON answers of the OpenAI port: JSON bodies, errors in the shape of
+the request's path (OpenAI's, or Anthropic's on its Messages paths: built
+by L{lmproxy.openai_errors.error_body}) with the headers that say whether to
+retry, and a Klein app whose resource answers even an undecodable URL with
+such an error.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from klein import Klein
 from klein.resource import KleinResource
 from twisted.web.iweb import IRequest
 
-from lmproxy.openai_errors import error_document
+from lmproxy.openai_errors import error_body, retry_headers
 
 JSON_CONTENT_TYPE = b"application/json; charset=utf-8"
 """The Content-Type of every JSON answer of the OpenAI port."""
@@ -55,29 +57,38 @@ def error_response(
     code: str | None = None,
 ) -> bytes:
     """
-    Answer C{request} with an OpenAI-shaped error.
+    Answer C{request} with an error in the shape of its path
+    (L{lmproxy.openai_errors.error_body}), and the headers of
+    L{lmproxy.openai_errors.retry_headers} for C{status}.
 
     @param request: the request to answer.
     @param status: the HTTP status code.
     @param message: the error's C{message}, fit to show a user.
-    @param kind: the error's C{type}.
+    @param kind: the error's C{type} in OpenAI's shape.
     @param param: the request parameter at fault, if any.
     @param code: the error's machine-readable C{code}, if any.
     @return: the body.
     """
-    return json_response(request, status, error_document(message, kind, param, code))
+    for name, value in retry_headers(status):
+        request.setHeader(name, value)
+    document = error_body(request.path, status, message, kind, param, code)
+    return json_response(request, status, document)
 
 
 def model_not_found(request: IRequest, model: str) -> bytes:
     """
-    Answer C{request} with OpenAI's 404 for an unknown model id.
+    Answer C{request} with the 404 for an unknown model id.
 
     @param request: the request to answer.
     @param model: the id the request named.
     @return: the body.
     """
-    message = f"The model {model!r} does not exist."
-    return error_response(request, 404, message, param="model", code="model_not_found")
+    return error_response(request, 404, unknown_model(model), param="model", code="model_not_found")
+
+
+def unknown_model(model: str) -> str:
+    """The message of the 404 for an unknown model id (C{model_not_found})."""
+    return f"The model {model!r} does not exist."
 
 
 def unroutable(request: IRequest) -> str | None:

@@ -12,7 +12,9 @@ relays the answer with the backend's own framing where it can (a sized
 body stays sized; a chunked or connection-delimited one is chunked), the
 hop-by-hop headers filtered both ways.  A client that reads slowly pauses
 the backend's connection; a client that leaves closes it, which cancels the
-generation, and drops the lease.  Whatever the route would answer with an
+generation, and drops the lease.  An answer its backend cuts short ends as
+an error: the client's connection closes without the rest of the body.
+Whatever the route would answer with an
 error of its own (a body that is not a JSON object, no model, an unknown
 one) goes to the route instead: L{FrontChannel.fall_back}.  Which requests
 take this path is L{lmproxy.listen.leanroutes}'s to say.
@@ -21,6 +23,7 @@ take this path is L{lmproxy.listen.leanroutes}'s to say.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -31,7 +34,7 @@ from twisted.web.client import PotentialDataLoss
 from twisted.web.http import NO_BODY_CODES, RESPONSES
 
 from lmproxy.interfaces import ILease, ServiceUnavailable
-from lmproxy.listen import forwarderrors
+from lmproxy.listen import cors, forwarderrors
 from lmproxy.listen.backendconn import BackendConnection, HeaderPairs
 from lmproxy.listen.backendpool import authority, request_bytes
 from lmproxy.listen.forwarderrors import Answer
@@ -87,6 +90,7 @@ class LeanExchange:
         self._clock = clock = forwarding.clock
         self._channel = channel
         self._head = head
+        self._cors = forwarding.cors.headers_for(head)  # on every answer
         self._body = body
         self._service = service
         self._began = clock.seconds()
@@ -96,7 +100,6 @@ class LeanExchange:
         self._connection: BackendConnection | None = None
         self._held: list[bytes] = []  # the answer's head, sent with its first bytes
         self._chunked = False
-        self._sized = False
         self._code = 0
         self._over = False
         self._backends = forwarding.backends
@@ -218,11 +221,10 @@ class LeanExchange:
         self._code = code
         self._tally.first_byte(self._clock.seconds())
         lines = [b"HTTP/1.1 %d %s\r\n" % (code, phrase or RESPONSES.get(code, b""))]
-        lines.extend(b"%s: %s\r\n" % pair for pair in headers)
+        lines.extend(b"%s: %s\r\n" % pair for pair in cors.forwarded(headers, self._cors))
         if code in NO_BODY_CODES:
             pass
         elif length is not None:
-            self._sized = True
             lines.append(b"Content-Length: %d\r\n" % length)
         else:
             self._chunked = True
@@ -246,23 +248,22 @@ class LeanExchange:
             self._channel.send(data)
 
     def response_end(self, reason: Failure | None) -> None:
+        if self._held:  # no body byte came: the head goes alone
+            self._channel.send(b"".join(self._held))
+            self._held = []
         if reason is not None and reason.check(PotentialDataLoss) is None:
             log.warn(
                 "Backend {service} ended its response early: {reason}",
                 service=self._service,
                 reason=reason.getErrorMessage(),
             )
-            if self._sized:
-                # The client was promised Content-Length bytes that will never
-                # come: only closing its connection ends its wait.
-                self._finish(keep_alive=False)
-                return
-        # Complete, or a chunked stream cut short: end it cleanly with what was sent.
+            # Cut short: closing without the rest of the body (a sized one's
+            # missing bytes, a chunked one's last chunk) tells the client so.
+            self._tally.cut(self._code)
+            self._finish(keep_alive=False)
+            return
         if self._chunked:
             self._channel.send(b"0\r\n\r\n")
-        elif self._held:
-            self._channel.send(b"".join(self._held))
-            self._held = []
         self._finish(self._keep_alive)
 
     def response_never_received(self, reason: Failure) -> None:
@@ -302,8 +303,11 @@ class LeanExchange:
         self._release()
 
     def _answer(self, answer: Answer) -> None:
-        """Answer with an error of lmproxy's own."""
-        self._channel.send(b"".join([*answer.head_lines(not self._keep_alive), answer.body]))
+        """Answer with an error of lmproxy's own, in the shape of the request's path."""
+        body = answer.body(self._head.path)
+        if self._cors:
+            answer = replace(answer, headers=[*answer.headers, *self._cors])
+        self._channel.send(b"".join([*answer.head_lines(not self._keep_alive, body), body]))
         self._code = answer.status
         self._tally.first_byte(self._clock.seconds())
         self._finish(self._keep_alive)

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
 from lmproxy.interfaces import IBackends
 from lmproxy.listen.backendpool import IBackendConnections
+from lmproxy.listen.cors import CorsPolicy
 from lmproxy.listen.front import FrontChannel
 from lmproxy.listen.guard import HeaderLookup, Refusal
 from lmproxy.listen.leanforward import LeanExchange
 from lmproxy.listen.limits import RequestLimit
+from lmproxy.listen.loadingfeedback import LoadingFeedback, is_streaming
+from lmproxy.listen.modellist import ModelTable, with_model
 from lmproxy.listen.requesthead import RequestHead
 from lmproxy.requeststats import RequestStats
 
@@ -32,6 +36,7 @@ class Forwarding:
     @ivar clock: times requests.
     @ivar stats: counts them.
     @ivar limits: the turns of the services that have C{MaxConcurrentRequests}.
+    @ivar cors: the port's CORS policy, for the headers of every answer.
     """
 
     backends: IBackends
@@ -39,6 +44,7 @@ class Forwarding:
     clock: IReactorTime
     stats: RequestStats
     limits: dict[str, RequestLimit]
+    cors: CorsPolicy = field(default_factory=CorsPolicy)
 
 
 class LeanRoutes:
@@ -50,22 +56,26 @@ class LeanRoutes:
 
     @param forwarding: what forwarding takes.
     @param paths: the hot paths.
-    @param services: the service of each model id.
+    @param models: the service of each model id, and the C{UseModelName}s.
     @param gate: the port's gate (L{lmproxy.listen.openai.OpenAiApi.gate}).
     @param max_body_bytes: the port's body limit.
+    @param feedback: the port's loading feedback: a stream that would get
+        some is given back to twisted.web, whose routes send it.
     """
 
     def __init__(
         self,
         forwarding: Forwarding,
         paths: frozenset[bytes],
-        services: dict[str, str],
+        models: ModelTable,
         gate: Callable[[HeaderLookup], Refusal | None],
         max_body_bytes: int,
+        feedback: LoadingFeedback,
     ) -> None:
+        self._feedback = feedback
         self._forwarding = forwarding
         self._paths = paths
-        self._services = services
+        self._models = models
         self._gate = gate
         self._max_body_bytes = max_body_bytes
 
@@ -84,19 +94,27 @@ class LeanRoutes:
 
     def forward(self, channel: FrontChannel, head: RequestHead, body: bytes, raw: bytes) -> None:
         """Forward a request whose model names a service; give back any other."""
-        model = self._model(body)
-        service = None if model is None else self._services.get(model)
-        if model is None or service is None:
+        document = _document(body)
+        model = None if document is None else document.get("model")
+        service = self._models.services.get(model) if isinstance(model, str) else None
+        if (
+            document is None
+            or service is None
+            or self._feedback.wanted(service, is_streaming(document))
+        ):
             channel.fall_back(raw)
             return
+        assert isinstance(model, str)
+        forwarded_name = self._models.renames.get(service)
+        if forwarded_name is not None and forwarded_name != model:
+            body = with_model(document, forwarded_name)
         LeanExchange(self._forwarding, channel, head, body, service, model)
 
-    def _model(self, body: bytes) -> str | None:
-        try:
-            document = json.loads(body)
-        except (ValueError, RecursionError):
-            return None
-        if not isinstance(document, dict):
-            return None
-        model = document.get("model")
-        return model if isinstance(model, str) else None
+
+def _document(body: bytes) -> dict[str, Any] | None:
+    """The JSON object of C{body}, or C{None}."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return document if isinstance(document, dict) else None

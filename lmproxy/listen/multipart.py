@@ -1,13 +1,14 @@
 """
 The one field of a multipart/form-data body that the OpenAI port routes by
 (the C{model} of an audio transcription or translation), found without
-parsing the rest.
+parsing the rest, and replaced for a service's C{UseModelName}.
 """
 
 from __future__ import annotations
 
 from itertools import chain
 
+from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import NEED_DATA, Data, Epilogue, Field, MultipartDecoder
 
 # The multipart body is fed to the decoder in slices, so a big audio file that
@@ -41,3 +42,36 @@ def multipart_field(body: bytes, boundary: bytes, name: str) -> str | None:
             elif isinstance(event, Epilogue):
                 return None
     raise ValueError("it ends before its closing boundary")
+
+
+def with_field(body: bytes, boundary: bytes, name: str, value: str) -> bytes:
+    """
+    C{body} with the value of its form field C{name} replaced by C{value},
+    every other byte as it was; C{body} itself when it has no such field.
+
+    A boundary never occurs inside a part (RFC 2046), so the parts are found
+    by it; the field's headers are those before its first empty line.
+
+    @param body: a whole multipart/form-data body that L{multipart_field} read.
+    @param boundary: the boundary its Content-Type names.
+    @param name: the field to replace.
+    @param value: its new value.
+    """
+    delimiter = b"--" + boundary
+    parts = body.split(delimiter)
+    for index, part in enumerate(parts[1:-1], start=1):
+        head, blank, _ = part.partition(b"\r\n\r\n")
+        if blank and _field_name(head) == name:
+            parts[index] = head + blank + value.encode("utf-8") + b"\r\n"
+            return delimiter.join(parts)
+    return body
+
+
+def _field_name(head: bytes) -> str | None:
+    """The C{name} of a part's Content-Disposition, from its header block."""
+    for line in head.split(b"\r\n"):
+        header, colon, rest = line.partition(b":")
+        if colon and header.strip().lower() == b"content-disposition":
+            _, options = parse_options_header(rest.decode("latin-1"))
+            return options.get("name")
+    return None

@@ -20,38 +20,24 @@ from __future__ import annotations
 import inspect
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from functools import partial
 
-from twisted.internet.defer import CancelledError
-from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    RequestNotSent,
-    RequestTransmissionFailed,
-    ResponseFailed,
-)
 from twisted.web.iweb import IAgent, IRequest
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.http import parse_options_header
 
 from lmproxy.config import DEFAULT_OPENAI_MAX_BODY_BYTES, Config
-from lmproxy.interfaces import IBackends, ServiceUnavailable
-from lmproxy.listen import forwarderrors
+from lmproxy.interfaces import IBackends
 from lmproxy.listen.backendpool import IBackendConnections
+from lmproxy.listen.cors import CorsPolicy, CorsSite
 from lmproxy.listen.exactroutes import ExactRoutes
 from lmproxy.listen.frontsite import FrontSite
-from lmproxy.listen.guard import (
-    GatedSite,
-    HeaderLookup,
-    KeyCheck,
-    Refusal,
-    last_value,
-    origin_refusal,
-)
-from lmproxy.listen.httpforward import relay, send
+from lmproxy.listen.guard import HeaderLookup, KeyCheck, Refusal
 from lmproxy.listen.jsonerrors import (
     JsonErrorsKlein,
     error_response,
@@ -59,26 +45,25 @@ from lmproxy.listen.jsonerrors import (
     model_not_found,
 )
 from lmproxy.listen.leanroutes import Forwarding, LeanRoutes
-from lmproxy.listen.limits import QueueFull, RequestLimit, request_limits
-from lmproxy.listen.multipart import multipart_field
-from lmproxy.logs import debugging, log_observer
-from lmproxy.requeststats import CLIENT_LEFT, RequestStats, RequestTally
+from lmproxy.listen.limits import RequestLimit, request_limits
+from lmproxy.listen.loadingfeedback import is_streaming
+from lmproxy.listen.modelcontrol import ModelControl
+from lmproxy.listen.modellist import ModelTable, with_model
+from lmproxy.listen.multipart import multipart_field, with_field
+from lmproxy.listen.routeforward import RequestForwarder
+from lmproxy.listen.upstream import UpstreamRoutes
+from lmproxy.logs import log_observer
+from lmproxy.requeststats import RequestStats
 
-# Through log_observer: the per-request debug line only with LogLevel Debug.
 log = Logger(observer=log_observer)
-
-OWNED_BY = "lmproxy"
-
-# Connecting to the backend failed: the lease may let us reconnect (ILease.may_reconnect).
-_CONNECT_ERRORS = (ConnectError, DNSLookupError)
-# The backend was reached but gave no usable response.
-_EXCHANGE_ERRORS = (ResponseFailed, RequestTransmissionFailed, RequestNotSent)
 
 
 class OpenAiApi:
     """
-    The Klein app of the OpenAI port: C{GET /v1/models[/{id}]}, and the
-    inference endpoints, each forwarded to the service of its model.
+    The Klein app of the OpenAI port: C{GET /v1/models[/{id}]}, model
+    control (C{/v1/models/{id}/load}, C{/unload}, C{/events}:
+    L{lmproxy.listen.modelcontrol}), and the inference endpoints, each
+    forwarded to the service of its model.
 
     @param backends: hands out running backends.
     @param config: the services and their C{openai_api_models}; the port's
@@ -104,9 +89,12 @@ class OpenAiApi:
         self._agent = agent
         self._clock = clock
         self._max_body_bytes = max_body_bytes
-        self._services_by_model: dict[str, str] = {}  # shared with LeanRoutes
+        self.models = ModelTable()  # shared with the hot path and the passthrough
         self.limits: dict[str, RequestLimit] = {}  # shared with Forwarding
+        self.cors = CorsPolicy()  # shared with the site and Forwarding
         self.stats = stats or RequestStats(())
+        self._forwarder = RequestForwarder(backends, agent, clock, self.stats, self.limits)
+        self._control = ModelControl(backends, clock, self.models)
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -117,16 +105,10 @@ class OpenAiApi:
         resized (its queue keeps its order), one that goes lets its queue in.
         """
         self._keys = KeyCheck(config.openai_api_keys, "OpenAiApi.ApiKeys")
-        self._origins = config.openai_allowed_origins
-        # Model id -> service name, in config order (config rejects duplicate ids).
-        self._services_by_model.clear()
-        self._services_by_model.update(
-            (model, service.name)
-            for service in config.services
-            if service.openai_api
-            for model in service.openai_api_models
-        )
-        for service in self._services_by_model.values():
+        self.cors.allow(config.openai_allowed_origins)
+        self.models.reconfigure(config)
+        self._forwarder.feedback.mode = config.openai_loading_feedback
+        for service in self.models.services.values():
             self.stats.of(service)  # its series exist from the start
         wanted = request_limits(config, self._clock, self._backends)
         for name, limit in list(self.limits.items()):
@@ -142,7 +124,7 @@ class OpenAiApi:
 
     def site(self) -> Site:
         """
-        The twisted.web site to serve this API on, a L{GatedSite}.
+        The twisted.web site to serve this API on, a L{CorsSite}.
         Unlike a plain C{Site(api.app.resource())}, it leaves multipart bodies
         unparsed, it refuses a body over the limit as soon as its size is
         known, before reading it: the routes rely on it for the limit; and it
@@ -152,22 +134,33 @@ class OpenAiApi:
         When the agent also hands out its connections
         (L{IBackendConnections}), the site is a L{FrontSite}: the JSON
         inference routes take a hot path past twisted.web
-        (L{lmproxy.listen.leanforward}), which answers as these routes do.
+        (L{lmproxy.listen.leanforward}), which answers as these routes do,
+        and C{/upstream/{model}/{path}} passes through to the model's service
+        (L{lmproxy.listen.upstream}).
         """
         resource = ExactRoutes(self.app, self.app.resource(), self.internal_error)
         if not IBackendConnections.providedBy(self._agent):
-            return GatedSite(resource, self._max_body_bytes, self._clock, self.gate)
+            return CorsSite(resource, self._max_body_bytes, self._clock, self.gate, self.cors)
         forwarding = Forwarding(
-            self._backends, IBackendConnections(self._agent), self._clock, self.stats, self.limits
+            self._backends,
+            IBackendConnections(self._agent),
+            self._clock,
+            self.stats,
+            self.limits,
+            self.cors,
         )
         routes = LeanRoutes(
             forwarding,
             self.json_paths(),
-            self._services_by_model,
+            self.models,
             self.gate,
             self._max_body_bytes,
+            self._forwarder.feedback,
         )
-        return FrontSite(resource, self._max_body_bytes, self._clock, self.gate, routes)
+        upstream = UpstreamRoutes(forwarding, self.models.services, self.gate)
+        return FrontSite(
+            resource, self._max_body_bytes, self._clock, self.gate, routes, upstream, self.cors
+        )
 
     def json_paths(self) -> frozenset[bytes]:
         """The paths of the routes that take a JSON body (L{json_inference})."""
@@ -184,29 +177,56 @@ class OpenAiApi:
         starts: a browser request from a page whose origin is not allowed
         (403), or a request without one of the port's API keys (401).
         """
-        origin, host = last_value(headers, b"origin"), last_value(headers, b"host")
-        return origin_refusal(origin, host, self._origins) or self._keys.refusal(headers)
+        return self.cors.refusal(headers) or self._keys.refusal(headers)
 
     # --- Model list -----------------------------------------------------------
 
-    def _model_entry(self, model: str, created: int) -> dict[str, Any]:
-        return {"id": model, "object": "model", "created": created, "owned_by": OWNED_BY}
+    @app.route("/health", methods=["GET"])
+    def health(self, request: Request) -> bytes:
+        """lmproxy itself is up (whatever its models are doing), as llama.cpp answers."""
+        return json_response(request, 200, {"status": "ok"})
 
     @app.route("/v1/models", methods=["GET"])
+    @app.route("/models", methods=["GET"], endpoint="list_models_alias")
     def list_models(self, request: Request) -> bytes:
-        """Every model id of every OpenAI service, in config order."""
-        created = int(self._backends.snapshot().started_at)
-        data = [self._model_entry(model, created) for model in self._services_by_model]
+        """Every listed model id of every OpenAI service, in config order, with its state."""
+        data = self.models.entries(self._backends.snapshot())
         return json_response(request, 200, {"object": "list", "data": data})
 
     # merge_slashes=False: an id such as "org//model" must reach us as it is.
     @app.route("/v1/models/<path:model_id>", methods=["GET"], merge_slashes=False)
+    @app.route(
+        "/models/<path:model_id>",
+        methods=["GET"],
+        merge_slashes=False,
+        endpoint="retrieve_model_alias",
+    )
     def retrieve_model(self, request: Request, model_id: str) -> bytes:
-        """One model id, or OpenAI's 404."""
-        if model_id not in self._services_by_model:
+        """One model id (listed or not, or an alias), or OpenAI's 404."""
+        entry = self.models.entry(model_id, self._backends.snapshot())
+        if entry is None:
             return model_not_found(request, model_id)
-        created = int(self._backends.snapshot().started_at)
-        return json_response(request, 200, self._model_entry(model_id, created))
+        return json_response(request, 200, entry)
+
+    # --- Model control (L{ModelControl}) ---------------------------------------
+
+    # Routed before retrieve_model: an id that ends in /events (known) is that model.
+    @app.route("/v1/models/<path:model_id>/events", methods=["GET"], merge_slashes=False)
+    async def model_events(self, request: Request, model_id: str) -> bytes | None:
+        """The model's state as Server-Sent Events."""
+        if self.models.listing(f"{model_id}/events") is not None:
+            return self.retrieve_model(request, f"{model_id}/events")
+        return await self._control.events(request, model_id)
+
+    @app.route("/v1/models/<path:model_id>/load", methods=["POST"], merge_slashes=False)
+    async def load_model(self, request: Request, model_id: str) -> bytes:
+        """Start the model's service (C{?wait=0}: answer at once)."""
+        return await self._control.load(request, model_id)
+
+    @app.route("/v1/models/<path:model_id>/unload", methods=["POST"], merge_slashes=False)
+    async def unload_model(self, request: Request, model_id: str) -> bytes:
+        """Stop the model's service (C{?force=1}: even mid-request)."""
+        return await self._control.unload(request, model_id)
 
     # --- Inference ------------------------------------------------------------
 
@@ -217,6 +237,17 @@ class OpenAiApi:
     @app.route("/v1/rerank", methods=["POST"], endpoint="rerank")
     @app.route("/v1/images/generations", methods=["POST"], endpoint="images_generations")
     @app.route("/v1/audio/speech", methods=["POST"], endpoint="audio_speech")
+    # Anthropic's Messages API (llama.cpp serves it); its errors have Anthropic's shape:
+    @app.route("/v1/messages", methods=["POST"], endpoint="messages")
+    @app.route("/v1/messages/count_tokens", methods=["POST"], endpoint="messages_count_tokens")
+    # llama.cpp's own endpoints, when the body names a model (as llama-swap routes them):
+    @app.route("/completion", methods=["POST"], endpoint="llamacpp_completion")
+    @app.route("/infill", methods=["POST"], endpoint="llamacpp_infill")
+    @app.route("/tokenize", methods=["POST"], endpoint="llamacpp_tokenize")
+    @app.route("/detokenize", methods=["POST"], endpoint="llamacpp_detokenize")
+    @app.route("/apply-template", methods=["POST"], endpoint="llamacpp_apply_template")
+    @app.route("/embedding", methods=["POST"], endpoint="llamacpp_embedding")
+    @app.route("/reranking", methods=["POST"], endpoint="llamacpp_reranking")
     async def json_inference(self, request: Request) -> bytes | None:
         """A JSON object body whose C{model} names the model."""
         body = _body(request)
@@ -227,7 +258,8 @@ class OpenAiApi:
         if not isinstance(document, dict):
             return error_response(request, 400, "The body must be a JSON object.")
         model = document.get("model")
-        return await self._route(request, model, body)
+        streaming = is_streaming(document)
+        return await self._route(request, model, body, partial(with_model, document), streaming)
 
     @app.route("/v1/audio/transcriptions", methods=["POST"], endpoint="audio_transcriptions")
     @app.route("/v1/audio/translations", methods=["POST"], endpoint="audio_translations")
@@ -246,9 +278,21 @@ class OpenAiApi:
             model = multipart_field(body, boundary.encode("latin-1"), "model")
         except ValueError as e:
             return error_response(request, 400, f"The multipart/form-data body is malformed: {e}")
-        return await self._route(request, model, body)
+        renamed = partial(with_field, body, boundary.encode("latin-1"), "model")
+        return await self._route(request, model, body, renamed)
 
-    async def _route(self, request: Request, model: object, body: bytes) -> bytes | None:
+    async def _route(
+        self,
+        request: Request,
+        model: object,
+        body: bytes,
+        renamed: Callable[[str], bytes],
+        streaming: bool = False,
+    ) -> bytes | None:
+        """
+        Forward C{body} to the service of C{model}, as C{renamed} gives it
+        when the service has a C{UseModelName}; or answer why not.
+        """
         if model is None:
             return error_response(
                 request, 400, "You must provide a model parameter.", param="model"
@@ -257,101 +301,19 @@ class OpenAiApi:
             return error_response(
                 request, 400, "The model parameter must be a string.", param="model"
             )
-        service = self._services_by_model.get(model)
+        service = self.models.services.get(model)
         if service is None:
             return model_not_found(request, model)
-        limit = self.limits.get(service)
-        tally = RequestTally(
-            self.stats.of(service), model, self._clock.seconds(), queued=limit is not None
-        )
-        turn = None
-        try:
-            if limit is not None:
-                turn = await limit.take()
-                tally.turn()
-            answer = await self._forward(request, service, body, tally)
-        except QueueFull as e:
-            answer = forwarderrors.queue_full(service, e).render(request)
-        except CancelledError:
-            tally.done(CLIENT_LEFT)
-            raise
-        finally:
-            if turn is not None:
-                turn.done()
-        tally.done(request.code)
-        return answer
-
-    async def _forward(
-        self, request: Request, service: str, body: bytes, tally: RequestTally
-    ) -> bytes | None:
-        """
-        Get a running backend of C{service} and forward the request to it.
-        A client that leaves makes Klein cancel this coroutine, which cancels
-        whatever it awaits: the wait for the backend, the backend request, or
-        the response relay.
-
-        A failed connection is retried after C{lease.reconnect()} as long as
-        the lease allows it (C{ILease.may_reconnect}: once per client), as the
-        TCP listener does.
-        """
-        began = self._clock.seconds()
-        try:
-            lease = await self._backends.acquire(service)
-        except ServiceUnavailable as e:
-            return forwarderrors.unavailable(service, e).render(request)
-        tally.leased(self._clock.seconds())
-        try:
-            while True:
-                try:
-                    response = await send(self._agent, request, lease.host, lease.port, body)
-                    break
-                except _CONNECT_ERRORS as e:
-                    if not lease.may_reconnect:
-                        raise
-                    log.info(
-                        "Connecting to {service} at {host}:{port} failed ({why}); reconnecting",
-                        service=service,
-                        host=lease.host,
-                        port=lease.port,
-                        why=str(e),
-                    )
-                    lease = await lease.reconnect()
-            tally.first_byte(self._clock.seconds())
-            await relay(response, request, service)
-        except ServiceUnavailable as e:
-            return forwarderrors.unavailable(service, e).render(request)
-        except _CONNECT_ERRORS as e:
-            return forwarderrors.connect_failed(service, e).render(request)
-        except _EXCHANGE_ERRORS as e:
-            if _cancelled(e):
-                # The client left (Klein cancelled us): nobody to answer.
-                log.info(
-                    "{method} {path} -> {service}: the client left before the response",
-                    method=request.method.decode("latin-1"),
-                    path=request.path.decode("latin-1"),
-                    service=service,
-                )
-                raise CancelledError() from None
-            return forwarderrors.no_response(service, e).render(request)
-        finally:
-            # The lease of a failed reconnect() was released by it; release is idempotent.
-            lease.release()
-        if debugging():  # a cheap check: building the event costs more
-            log.debug(
-                "{method} {path} -> {service}: {code} in {seconds:.3f}s",
-                method=request.method.decode("latin-1"),
-                path=request.path.decode("latin-1"),
-                service=service,
-                code=request.code,
-                seconds=self._clock.seconds() - began,
-            )
-        return None
+        forwarded_name = self.models.renames.get(service)
+        if forwarded_name is not None and forwarded_name != model:
+            body = renamed(forwarded_name)
+        return await self._forwarder.route(request, service, model, body, streaming)
 
     # --- Errors that Klein raises itself ---------------------------------------
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
-        """No route has this path: OpenAI's 404 for an invalid URL."""
+        """No route has this path: the 404 for an invalid URL, as OpenAI words it."""
         method = request.method.decode("latin-1")
         path = request.path.decode("latin-1")
         return error_response(request, 404, f"Invalid URL ({method} {path})")
@@ -387,12 +349,6 @@ class OpenAiApi:
 
 
 def _body(request: Request) -> bytes:
-    """The whole body of C{request}: L{GatedSite} has kept it within the limit."""
+    """The whole body of C{request}: L{CorsSite} has kept it within the limit."""
     assert request.content is not None  # twisted.web sets it before rendering
     return request.content.read()
-
-
-def _cancelled(error: Exception) -> bool:
-    """Whether C{error} is the backend exchange ending because we cancelled it."""
-    reasons = getattr(error, "reasons", None) or []
-    return bool(reasons) and all(reason.check(CancelledError) for reason in reasons)

@@ -1,7 +1,9 @@
 """
 The twisted.web sites lmproxy serves, both L{BodyLimitedSite}s: the OpenAI
-port's, whose errors have OpenAI's shape, and the management port's
-(L{ManagementSite}), whose errors are C{{"error": message}}.  Neither keeps
+port's, whose errors have the shape of the request's path (OpenAI's, or
+Anthropic's on its Messages paths: L{lmproxy.openai_errors.error_body}), and
+the management port's (L{ManagementSite}), whose errors are C{{"error":
+message}}.  Neither keeps
 an access log.
 
 Each bounds what a client may send (and never the answer): a request body
@@ -21,24 +23,27 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
-from lmproxy.compat.web import EarlyAnswerRequest
+from lmproxy.compat.web import EarlyAnswerRequest, reading_path
 from lmproxy.listen.jsonerrors import JSON_CONTENT_TYPE, encode, unroutable
 from lmproxy.listen.timeouts import IDLE_SECONDS, GuardedChannel
-from lmproxy.openai_errors import error_document
+from lmproxy.openai_errors import error_body, retry_headers
 
 MANAGEMENT_MAX_BODY_BYTES = 64 * 1024
 """The management API's routes take no body: larger ones are refused."""
 
-ErrorShape = Callable[[str, str | None], object]
-"""Builds a port's JSON error document from a message and a machine-readable code."""
+ErrorShape = Callable[[bytes | None, int, str, str | None], object]
+"""
+Builds a port's JSON error document from the request's path (C{None} when
+not known yet), the status, a message and a machine-readable code.
+"""
 
 
-def openai_error(message: str, code: str | None) -> object:
-    """An error in OpenAI's shape (the OpenAI port's)."""
-    return error_document(message, code=code)
+def openai_error(path: bytes | None, status: int, message: str, code: str | None) -> object:
+    """An error of the OpenAI port: in OpenAI's shape, or Anthropic's on its paths."""
+    return error_body(path, status, message, code=code)
 
 
-def plain_error(message: str, code: str | None) -> object:
+def plain_error(path: bytes | None, status: int, message: str, code: str | None) -> object:
     """An error as the management API gives them: C{{"error": message}}."""
     return {"error": message}
 
@@ -87,7 +92,7 @@ class BodyLimitedRequest(EarlyAnswerRequest):
         if problem is None:
             super().process()
             return
-        headers, body = self.channel.site.error_answer(problem, None, close=False)
+        headers, body = self.channel.site.error_answer(400, problem, None, self.path, close=False)
         self.setResponseCode(400)
         for name, value in headers:
             self.setHeader(name, value)
@@ -112,7 +117,8 @@ class BodyLimitedRequest(EarlyAnswerRequest):
         @param extra: more headers to answer with.
         """
         self.channel.request_received()  # answered: its clock stops
-        headers, body = self.channel.site.error_answer(message, code)
+        path = reading_path(self.channel)  # self.path comes with the whole request
+        headers, body = self.channel.site.error_answer(status, message, code, path)
         headers.extend(extra)
         self.answer_early(status, Headers({name: [value] for name, value in headers}), body)
 
@@ -149,7 +155,7 @@ class BodyLimitedSite(Site):
         @param resource: the root resource.
         @param max_body_bytes: larger request bodies are refused with 413.
         @param clock: drives the site's timeouts.
-        @param errors: the shape of the site's own errors (413, 408).
+        @param errors: the shape of the site's own errors (400, 401, 403, 408, 413).
         """
         super().__init__(
             resource, parsePOSTFormSubmission=False, reactor=clock, timeout=IDLE_SECONDS
@@ -158,17 +164,28 @@ class BodyLimitedSite(Site):
         self._errors = errors
 
     def error_answer(
-        self, message: str, code: str | None, close: bool = True
+        self,
+        status: int,
+        message: str,
+        code: str | None,
+        path: bytes | None,
+        close: bool = True,
     ) -> tuple[list[tuple[bytes, bytes]], bytes]:
         """
-        The headers and body of an error the site answers itself.
+        The headers and body of an error the site answers itself, with the
+        headers that say whether to retry
+        (L{lmproxy.openai_errors.retry_headers}).
 
+        @param status: the HTTP status.
         @param message: what went wrong, fit to show a user.
         @param code: a machine-readable code, if any (OpenAI's shape carries it).
+        @param path: the request's path without its query, if known: it
+            picks the shape of the OpenAI port's errors.
         @param close: whether the answer closes the connection (says so).
         """
-        body = encode(self._errors(message, code))
+        body = encode(self._errors(path, status, message, code))
         headers = [(b"Content-Type", JSON_CONTENT_TYPE), (b"Content-Length", b"%d" % len(body))]
+        headers.extend(retry_headers(status))
         if close:
             headers.append((b"Connection", b"close"))
         return headers, body

@@ -26,12 +26,14 @@ not read; see L{lmproxy.listen.httpforward}).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
+
+from lmproxy.compat.web import reading_path
 
 HEADERS_SECONDS = 10.0
 """A request's headers must be in within this long of its first byte."""
@@ -70,12 +72,20 @@ def body_deadline(began: float, last_byte: float, received: int) -> float:
     return min(stall_ends, rate_ends)
 
 
-def timeout_answer(site: Any, message: str) -> list[bytes]:
+def timeout_answer(
+    site: Any, message: str, path: bytes | None, extra: Iterable[tuple[bytes, bytes]] = ()
+) -> list[bytes]:
     """
     The whole 408 answer to a request too slow, in C{site}'s error shape
     (its C{error_answer}); it closes the connection.
+
+    @param site: the port's site.
+    @param message: what was too slow.
+    @param path: the request's path without its query, if its request line came.
+    @param extra: more headers (a body's request's CORS headers).
     """
-    headers, body = site.error_answer(message, "request_timeout")
+    headers, body = site.error_answer(408, message, "request_timeout", path)
+    headers.extend(extra)
     lines = [b"HTTP/1.1 408 Request Timeout\r\n"]
     lines.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
     lines.append(b"\r\n")
@@ -86,8 +96,8 @@ def timeout_answer(site: Any, message: str) -> list[bytes]:
 class GuardedChannel(HTTPChannel):
     """
     An C{HTTPChannel} that times its client's requests out as the module
-    says.  Its site provides C{error_answer(message, code)}, which
-    gives the headers and body of an error in the port's shape (see
+    says.  Its site provides C{error_answer(status, message, code, path)},
+    which gives the headers and body of an error in the port's shape (see
     L{lmproxy.listen.sites}), and its requests call L{headers_received} and
     L{request_received} (L{lmproxy.listen.sites.BodyLimitedRequest} does).
     """
@@ -95,6 +105,11 @@ class GuardedChannel(HTTPChannel):
     site: Any  # a BodyLimitedSite, set by Site.buildProtocol
     on_answered: Callable[[], None] | None = None
     """Called once each request is answered (for L{lmproxy.listen.front}, which feeds it)."""
+    body_headers: list[tuple[bytes, bytes]] = []
+    """
+    More headers for a 408 of the body being read: its request's CORS
+    headers (L{lmproxy.listen.cors.CorsRequest} sets them with its headers).
+    """
     _phase = "idle"  # then "headers", "body", "answering", and back to "idle"
     _deadline: IDelayedCall | None = None
     _body_began = 0.0
@@ -129,6 +144,7 @@ class GuardedChannel(HTTPChannel):
         """The request is complete: its answer may take as long as it needs."""
         self._disarm()
         self._phase = "answering"
+        self.body_headers = []
 
     def request_answered(self) -> None:
         """The answer is over: the next request's clock starts at its first byte."""
@@ -190,7 +206,7 @@ class GuardedChannel(HTTPChannel):
     def _time_out(self, message: str) -> None:
         """Answer 408 (nothing was answered yet: the request is not complete) and close."""
         self._phase = "closed"
-        lines = timeout_answer(self.site, message)
+        lines = timeout_answer(self.site, message, reading_path(self), self.body_headers)
         assert self.transport is not None
         self.transport.writeSequence(lines)
         self.setTimeout(None)  # twisted.web's idle timeout: this one replaces it

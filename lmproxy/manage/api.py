@@ -33,19 +33,19 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from importlib.resources import files
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter
 
+from lmproxy.apishared import shielded
 from lmproxy.config import Config
 from lmproxy.interfaces import (
     IBackends,
@@ -56,7 +56,6 @@ from lmproxy.interfaces import (
     ServiceUnavailable,
     UnknownService,
 )
-from lmproxy.logs import log_observer
 from lmproxy.manage.logtail import MAX_TAIL_LINES, read_tail
 from lmproxy.manage.metrics import Metrics
 from lmproxy.manage.statusjson import JSONObject, service_json, status_json
@@ -91,9 +90,6 @@ _CSP = (
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
-_log = Logger(observer=log_observer)
-_T = TypeVar("_T")
-
 
 class _NameConverter(BaseConverter):
     """A service name: anything, slashes included (C{Qwen/Qwen2.5-7B})."""
@@ -110,26 +106,6 @@ def _dumps(value: object) -> str:
 def _arg(request: IRequest, name: str) -> str | None:
     values = request.args.get(name.encode("ascii"))
     return values[-1].decode("utf-8", errors="replace") if values else None
-
-
-def _shielded(d: Deferred[_T]) -> Deferred[_T]:
-    """
-    A Deferred that follows C{d} but whose cancellation (the HTTP client left)
-    does not cancel C{d}: an action asked for is carried out all the same.
-    """
-    result: Deferred[_T] = Deferred()
-
-    def done(outcome: Failure | _T) -> None:
-        if result.called:
-            if isinstance(outcome, Failure):
-                _log.info("Action failed after its client left: {error}", error=outcome.value)
-        elif isinstance(outcome, Failure):
-            result.errback(outcome)
-        else:
-            result.callback(outcome)
-
-    d.addBoth(done)
-    return result
 
 
 class ManagementApi:
@@ -226,7 +202,7 @@ class ManagementApi:
         if self._service_json(name) is None:
             return self._unknown(request, name)
         try:
-            await _shielded(self._backends.start(name))
+            await shielded(self._backends.start(name))
         except UnknownService:
             return self._unknown(request, name)
         except ServiceUnavailable as e:
@@ -239,7 +215,7 @@ class ManagementApi:
             return self._unknown(request, name)
         force = (_arg(request, "force") or "").lower() in _TRUE
         try:
-            await _shielded(self._backends.stop(name, force))
+            await shielded(self._backends.stop(name, force))
         except UnknownService:
             return self._unknown(request, name)
         except ServiceBusy:
@@ -255,7 +231,7 @@ class ManagementApi:
         if self._reload is None:
             return self._error(request, 503, "this lmproxy cannot reload its config")
         try:
-            outcome = await _shielded(self._reload(raw in _TRUE))
+            outcome = await shielded(self._reload(raw in _TRUE))
         except ReloadBusy as e:
             return self._error(request, 409, str(e))
         except ReloadRefused as e:

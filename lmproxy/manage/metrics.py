@@ -173,6 +173,12 @@ class _RequestsCollector(Collector):
             f" ({CLIENT_LEFT}: the client left before the answer).",
             labels=("service", "model", "code"),
         )
+        cut = CounterMetricFamily(
+            "lmproxy_openai_responses_cut",
+            "OpenAI port answers that their model server cut short (ended as errors),"
+            " by service and model; counted in lmproxy_openai_requests_total too.",
+            labels=("service", "model"),
+        )
         queued = GaugeMetricFamily(
             "lmproxy_openai_requests_queued",
             "OpenAI port requests waiting for a turn (MaxConcurrentRequests).",
@@ -201,12 +207,14 @@ class _RequestsCollector(Collector):
         for name, requests in services:
             for (model, code), count in sorted(requests.answered.items()):
                 answered.add_metric([name, model, str(code)], count)
+            for model, count in sorted(requests.cut.items()):
+                cut.add_metric([name, model], count)
             queued.add_metric([name], requests.queued)
             waiting.add_metric([name], requests.waiting)
             in_flight.add_metric([name], requests.in_flight)
             for family, histogram in ((wait, requests.wait), (first_byte, requests.first_byte)):
                 family.add_metric([name], _buckets(histogram), histogram.sum)
-        yield from (answered, queued, waiting, in_flight, wait, first_byte)
+        yield from (answered, cut, queued, waiting, in_flight, wait, first_byte)
 
 
 def _buckets(histogram: RequestHistogram) -> list[tuple[str, float]]:

@@ -12,10 +12,11 @@ from collections import deque
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from lmproxy.apishared import SseStream, sse
 from lmproxy.interfaces import IBackends, IStatusObserver, StatusChange
 from lmproxy.manage.logtail import LogFollower, Tail
 from lmproxy.manage.statusjson import JSONObject, resource_json, service_json, status_json
@@ -26,65 +27,8 @@ from lmproxy.timers import Timer
 MAX_QUEUED_NOTICES = 100
 
 
-def sse(event: str, data: str) -> bytes:
-    """One Server-Sent Event; C{data} may hold several lines (C{\\n})."""
-    fields = [f"event: {event}"] + [f"data: {line}" for line in data.split("\n")]
-    return ("\n".join(fields) + "\n\n").encode("utf-8")
-
-
 def _dumps(value: object) -> str:
     return json.dumps(value, ensure_ascii=False)
-
-
-@implementer(IPushProducer)
-class SseStream:
-    """
-    An open C{text/event-stream} response: headers, keepalive comments, and
-    flow control (nothing is written while the client is not reading).
-    """
-
-    def __init__(self, request: Request, clock: IReactorTime, heartbeat: float) -> None:
-        self._request = request
-        self._clock = clock
-        self._heartbeat = heartbeat
-        self._beat = Timer(clock)
-        self.paused = False
-        self.closed = False
-
-    def open(self) -> None:
-        """Send the headers and start the keepalive comments."""
-        self._request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
-        self._request.setHeader(b"Cache-Control", b"no-store")
-        # Reverse proxies (nginx) would otherwise buffer the stream.
-        self._request.setHeader(b"X-Accel-Buffering", b"no")
-        self._request.registerProducer(self, True)
-        # Reconnect after 1 s rather than the browser's default 3 s.
-        self._request.write(b"retry: 1000\n\n")
-        self._beat.arm(self._heartbeat, self._keepalive)
-
-    def _keepalive(self) -> None:
-        if not self.paused:
-            self._request.write(b": keepalive\n\n")
-        self._beat.arm(self._heartbeat, self._keepalive)
-
-    def write(self, data: bytes) -> None:
-        self._request.write(data)
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-
-    def stopProducing(self) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """The client left: release everything.  Idempotent."""
-        if self.closed:
-            return
-        self.closed = True
-        self._beat.cancel()
 
 
 @implementer(IStatusObserver)

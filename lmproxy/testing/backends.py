@@ -25,6 +25,7 @@ from lmproxy.interfaces import (
     ServiceStatus,
     ServiceUnavailable,
     Snapshot,
+    StartFailure,
     StatusChange,
     UnknownService,
 )
@@ -90,6 +91,7 @@ class FakeBackends:
     stop_calls: list[tuple[str, bool]] = field(factory=list)
     reconnects: list[str] = field(factory=list)
     pending_reload: dict[str, str] = field(factory=dict)  # what a reload left to do
+    last_failures: dict[str, StartFailure] = field(factory=dict)  # as /status shows them
     _proxied: dict[str, int] = field(factory=dict)
     _queued: dict[str, int] = field(factory=dict)
 
@@ -192,6 +194,7 @@ class FakeBackends:
             pid=None,
             queued_connections=self._queued.get(s.name, 0),
             pending_reload=self.pending_reload.get(s.name),
+            last_failure=self.last_failures.get(s.name),
             starts=0,
             failed_starts=0,
             evictions=0,

@@ -111,7 +111,6 @@ class Surfaces:
             config,
             agent,
             self._reactor,
-            config.openai_max_body_bytes,
             self._requests,
         )
         self._openai_api = api

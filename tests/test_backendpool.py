@@ -26,6 +26,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
 
+from lmproxy.listen.backendconn import StaleConnection
 from lmproxy.listen.backendpool import BackendAgent
 from lmproxy.listen.httpforward import BytesProducer
 
@@ -210,6 +211,38 @@ class BackendAgentTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionLost()))
         failure = self.failureResultOf(d, ResponseNeverReceived)
         failure.value.reasons[0].trap(ConnectionLost)
+
+    def test_stale_kept_connection_sent_again(self) -> None:
+        """
+        A kept connection the backend had closed while idle (lost before a
+        byte of the next answer): the request goes again on a new one.
+        """
+        _, _, kept, _ = self.exchange(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        d = self.send(b"again")
+        self.assertEqual(len(self.reactor.tcpClients), 1, "sent on the kept connection")
+        kept.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(self.reactor.tcpClients), 2, "a new connection")
+        fresh, transport = self.accept()
+        self.assertTrue(transport.value().endswith(b"\r\n\r\nagain"))
+        fresh.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(self.successResultOf(d).code, 200)
+
+    def test_not_sent_again(self) -> None:
+        """
+        Not stale: a new connection lost before its answer, and a kept one
+        lost after a byte of it.  The request fails, and is not sent again.
+        """
+        d = self.send()
+        protocol, _ = self.accept()
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertNotIsInstance(self.failureResultOf(d).value, StaleConnection)
+        _, _, protocol, _ = self.exchange(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        d = self.send()
+        protocol.dataReceived(b"HTTP/1.1 2")
+        protocol.connectionLost(Failure(ConnectionLost()))
+        failure = self.failureResultOf(d, ResponseNeverReceived)
+        self.assertNotIsInstance(failure.value, StaleConnection)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
 
     def test_lost_mid_body(self) -> None:
         """A sized body cut short ends with C{ResponseFailed}."""

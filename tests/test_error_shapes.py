@@ -392,7 +392,8 @@ class EarlyRefusalTests(WireCase):
             for sent in (b"POST %s HTTP/1.1\r\nHost: lmproxy\r\n" % path, request(path)[:-5]):
                 clock = Clock()
                 agent = RequestTraversalAgent(FakeModelServer())
-                site = OpenAiApi(self.backends, CONFIG, agent, clock, 1000).site()
+                config = evolve(CONFIG, openai_max_body_bytes=1000)
+                site = OpenAiApi(self.backends, config, agent, clock).site()
                 channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
                 client = StringTransport()
                 channel.makeConnection(client)

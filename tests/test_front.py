@@ -67,6 +67,25 @@ class HotPathTests(SynchronousTestCase):
         self.assertEqual(self.wire.response()[::2], (b"HTTP/1.1 200 OK", b"ok"))
         self.assertFalse(self.wire.client.disconnecting)
 
+    def test_stale_kept_connection(self) -> None:
+        """
+        The backend closed the kept connection while it was idle: the next
+        request goes again on a new connection, and is answered.
+        """
+        self.wire.channel.dataReceived(post())
+        protocol, backend = self.wire.backend()
+        protocol.dataReceived(OK)
+        self.wire.response()
+        backend.clear()
+        self.wire.channel.dataReceived(post())
+        self.assertEqual(forwarded(backend)[2], CHAT)  # on the kept connection
+        protocol.connectionLost(Failure(ConnectionDone()))
+        fresh, second = self.wire.backend()
+        self.assertEqual(forwarded(second)[2], CHAT)
+        fresh.dataReceived(OK)
+        self.assertEqual(self.wire.response()[::2], (b"HTTP/1.1 200 OK", b"ok"))
+        self.assertEqual(self.backends.counts("chat"), (0, 0))
+
     def test_pipelined_requests_answered_in_order(self) -> None:
         """Two requests in one segment: the second is read once the first is answered."""
         self.wire.channel.dataReceived(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from attrs import evolve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -231,7 +232,12 @@ class Ports:
         config = make_config(case.mktemp())
         self.backends = RecordingBackends(config)
         self.agent = NoAgent()
-        openai = OpenAiApi(self.backends, config, self.agent, self.clock, OPENAI_LIMIT)
+        openai = OpenAiApi(
+            self.backends,
+            evolve(config, openai_max_body_bytes=OPENAI_LIMIT),
+            self.agent,
+            self.clock,
+        )
         management = ManagementApi(self.backends, config, self.clock)
         self.openai = openai.site()
         assert isinstance(self.openai, FrontSite)

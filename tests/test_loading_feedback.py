@@ -13,6 +13,7 @@ from typing import Any, cast
 
 from attrs import evolve
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,10 +26,11 @@ from lmproxy.config import (
 from lmproxy.interfaces import ServiceState, Shortage, WaitingFor
 from lmproxy.listen.front import FrontChannel
 from lmproxy.listen.leanroutes import LeanRoutes
+from lmproxy.listen.limits import RequestLimit
 from lmproxy.listen.loadingfeedback import LoadingFeedback, progress_text
 from lmproxy.listen.requesthead import RequestHead
 from lmproxy.testing import ScriptedBackends
-from tests.test_front import post
+from tests.test_front import CHAT, post
 from tests.test_openai import CONFIG, RecordingBackends, Wire, dechunk
 
 STREAM = b'{"model": "llama-3", "stream": true}'
@@ -388,7 +390,7 @@ class HotPathTests(SynchronousTestCase):
 
     def forward(self, body: bytes, mode: str = LOADING_FEEDBACK_PROGRESS) -> list[bytes]:
         backends = RecordingBackends()
-        feedback = LoadingFeedback(backends, Wire(backends).reactor, mode)
+        feedback = LoadingFeedback(backends, Wire(backends).reactor, mode, {})
         routes = LeanRoutes(
             cast(Any, None), frozenset(), Wire(backends).api.models, lambda h: None, 100, feedback
         )
@@ -405,7 +407,10 @@ class HotPathTests(SynchronousTestCase):
     def test_wanted(self) -> None:
         """Only a stream, for a service that is not running, with the feedback on."""
         backends = RecordingBackends()
-        feedback = LoadingFeedback(backends, Wire(backends).reactor, LOADING_FEEDBACK_COMMENTS)
+        limits: dict[str, RequestLimit] = {}
+        feedback = LoadingFeedback(
+            backends, Wire(backends).reactor, LOADING_FEEDBACK_COMMENTS, limits
+        )
         self.assertEqual(
             (feedback.wanted("chat", True), feedback.wanted("chat", False)), (True, False)
         )
@@ -413,6 +418,10 @@ class HotPathTests(SynchronousTestCase):
         self.assertTrue(feedback.wanted("chat", True))
         backends.set_state("chat", ServiceState.RUNNING)
         self.assertFalse(feedback.wanted("chat", True))
+        limits["chat"] = limit = RequestLimit(1, None)
+        self.assertFalse(feedback.wanted("chat", True))  # a turn is free
+        limit.take()
+        self.assertTrue(feedback.wanted("chat", True))  # it would wait for one
         backends.set_state("chat", ServiceState.STOPPED)
         feedback.mode = LOADING_FEEDBACK_OFF
         self.assertFalse(feedback.wanted("chat", True))
@@ -457,3 +466,59 @@ class ProgressTextTests(SynchronousTestCase):
         self.assertEqual(
             progress_text(status, 10.0, 10.0), "waiting for resources: RAM (needs 1, unknown free)"
         )
+
+
+class TurnTests(SynchronousTestCase):
+    """A stream that waits for a turn of a running service gets feedback too."""
+
+    def setUp(self) -> None:
+        chat, *others = CONFIG.services
+        config = evolve(
+            feedback_config(),
+            services=(evolve(chat, max_concurrent_requests=1, max_queued_requests=1), *others),
+        )
+        self.backends = RecordingBackends(config)
+        self.backends.set_state("chat", ServiceState.RUNNING)
+        self.first = Wire(self.backends, config=config)
+        # A second client of the same port: its own connection, the port's turns.
+        self.second = self.first.api.site().buildProtocol(None)
+        self.second_client = StringTransport()
+        self.second.makeConnection(self.second_client)
+
+    def test_turn_then_the_model(self) -> None:
+        """Comments say it waits for a turn; once the first answer is over, its stream."""
+        self.first.channel.dataReceived(post(CHAT))  # holds the only turn
+        protocol, backend = self.first.backend()
+        self.second.dataReceived(post(STREAM))
+        head, _, body = self.second_client.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 OK"))
+        self.assertEqual(
+            comments(b"".join(chunks(body))), [b": lmproxy: waiting for a turn of chat"]
+        )
+        self.second_client.clear()
+        self.first.reactor.advance(1)
+        self.assertEqual(
+            progress(b"".join(chunks(self.second_client.value()))),
+            ["waiting for a turn of chat, 1 s so far\n"],
+        )
+        self.second_client.clear()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # turn free
+        # The second request goes on the pooled connection the first one left.
+        self.assertIn(b'"stream": true', backend.value())
+        protocol.dataReceived(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(EVENTS), EVENTS)
+        )
+        self.assertEqual(b"".join(chunks(self.second_client.value())), EVENTS)
+        self.assertEqual(self.first.api.stats.of("chat").answered, {("llama-3", 200): 2})
+
+    def test_queue_wait_times_out(self) -> None:
+        """A turn that never comes: the 429, as the event that ends the stream."""
+        self.first.channel.dataReceived(post(CHAT))
+        self.second.dataReceived(post(STREAM))
+        self.second_client.clear()
+        self.first.reactor.advance(CONFIG.max_wait + 1)
+        events = b"".join(chunks(self.second_client.value())).split(b"\n\n")
+        error = json.loads(events[-2][len(b"data: ") :])
+        self.assertEqual(error["error"]["code"], "rate_limit_exceeded")
+        self.assertEqual(self.first.api.stats.of("chat").answered, {("llama-3", 429): 1})

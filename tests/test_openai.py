@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 import treq
+from attrs import evolve
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
@@ -273,9 +274,8 @@ class ProxyTestCase(SynchronousTestCase):
         self.server = FakeModelServer()
         self.backend_agent = RequestTraversalAgent(self.server)
         self.agent = RefusingAgent(self.backend_agent, {})
-        self.api = OpenAiApi(
-            self.backends, CONFIG, self.agent, self.clock, max_body_bytes=self.max_body_bytes
-        )
+        config = evolve(CONFIG, openai_max_body_bytes=self.max_body_bytes)
+        self.api = OpenAiApi(self.backends, config, self.agent, self.clock)
         # The site, not only the app's resource: the site holds the body limit.
         self.client = SiteTreq(self.api.site())
 
@@ -952,9 +952,8 @@ class Wire:
         self, backends: FakeBackends, max_body_bytes: int = 1000, config: Config = CONFIG
     ) -> None:
         self.reactor = MemoryReactorClock()
-        self.api = api = OpenAiApi(
-            backends, config, backend_agent(self.reactor), self.reactor, max_body_bytes
-        )
+        config = evolve(config, openai_max_body_bytes=max_body_bytes)
+        self.api = api = OpenAiApi(backends, config, backend_agent(self.reactor), self.reactor)
         self.client = StringTransport()
         self.channel = api.site().buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
         self.channel.makeConnection(self.client)

@@ -82,3 +82,23 @@ class ReconfigureTests(SynchronousTestCase):
         self.assertNotIn("chat", self.wire.api.limits)
         self.successResultOf(third)
         turn.done()
+
+    def test_body_limit_follows(self) -> None:
+        """MaxRequestBodyBytes: a body the new limit refuses gets 413 on either path."""
+        body = json.dumps({"model": "llama-3", "pad": "x" * 2000}).encode()  # over 1000
+        sized = b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        # The hot path takes sized bodies only: a chunked one is twisted.web's.
+        chunked = b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        for framed, limit, forwarded in [
+            (sized, 100, False),
+            (chunked, 100, False),
+            (sized, 10_000, True),
+        ]:
+            wire = Wire(self.backends)  # its limit before the reload: 1000
+            wire.api.reconfigure(evolve(CONFIG, openai_max_body_bytes=limit))
+            wire.channel.dataReceived(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + framed)
+            if forwarded:
+                _, backend = wire.backend()
+                self.assertTrue(backend.value().endswith(body))
+            else:
+                self.assertIn(b"413", wire.response()[0])

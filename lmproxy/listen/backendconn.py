@@ -9,7 +9,10 @@ head (status and end-to-end headers: those that say how this connection
 frames the body, and every hop-by-hop one, are kept here), the body's bytes
 as they arrive, and how it ended: C{ResponseDone}, C{PotentialDataLoss} (a
 body that ends with the connection) or C{ResponseFailed}; or, before the
-head, C{ResponseNeverReceived}.  The OpenAI port's hot path
+head, C{ResponseNeverReceived}: a L{StaleConnection} when the connection
+had served an answer before and closed before a byte of this one (the
+backend closed it while it was idle: the request may go again on a new
+connection, as nginx does with its kept connections).  The OpenAI port's hot path
 (L{lmproxy.listen.leanforward}) is one such receiver;
 L{lmproxy.listen.agentresponse} makes the answer an C{IResponse}.
 """
@@ -89,6 +92,16 @@ class ResponseReceiver(TypingProtocol):
         """The exchange failed before the head was in (C{ResponseNeverReceived})."""
 
 
+class StaleConnection(ResponseNeverReceived):
+    """
+    A kept connection closed before a byte of the answer: the backend had
+    closed it while it was idle, so it never read the request, and the
+    request may be sent again on a new connection.  (A backend that reads
+    a request and dies without a byte of answer looks the same: it gets
+    the request once more, as from nginx.)
+    """
+
+
 @implementer(IPushProducer)
 class BackendConnection(Protocol):
     """
@@ -96,6 +109,9 @@ class BackendConnection(Protocol):
     producer of its response body: pausing it pauses the reading of the
     backend's connection, stopping it closes that connection.
     """
+
+    reused = False
+    """Whether it served an answer before the one it reads."""
 
     def __init__(
         self,
@@ -111,6 +127,7 @@ class BackendConnection(Protocol):
         self._buffer = b""
         self._receiver: ResponseReceiver | None = None
         self._head_in = False  # the receiver has its head; the body follows
+        self._answered = False  # a byte of the answer came
         # Body framing: bytes left of a sized body; of a chunked one, the bytes
         # left of the current chunk, 0 for the CRLF after it, -1 for a size
         # line, -2 for the trailers.
@@ -132,6 +149,7 @@ class BackendConnection(Protocol):
         """
         self._receiver = receiver
         self._head_in = False
+        self._answered = False
         self._sender.send(data)
 
     def abandon(self) -> None:
@@ -158,6 +176,7 @@ class BackendConnection(Protocol):
     # --- Parsing ---------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        self._answered = True
         try:
             if not self._head_in:
                 if self._receiver is None:
@@ -307,6 +326,7 @@ class BackendConnection(Protocol):
         if self._paused:
             self.resumeProducing()
         if self._keep_alive:
+            self.reused = True
             self._on_idle(self)
         else:
             self.transport.loseConnection()  # type: ignore[union-attr]
@@ -325,7 +345,9 @@ class BackendConnection(Protocol):
         if receiver is None:
             return
         if not head_in:
-            receiver.response_never_received(Failure(ResponseNeverReceived([reason])))
+            stale = self.reused and not self._answered
+            never = StaleConnection if stale else ResponseNeverReceived
+            receiver.response_never_received(Failure(never([reason])))
         elif self._close_delimited:
             receiver.response_end(Failure(PotentialDataLoss()))
         else:

@@ -28,12 +28,13 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IReactorTCP, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import Interface, implementer
 
 from lmproxy.listen.agentresponse import AgentReceiver
-from lmproxy.listen.backendconn import BackendConnection
+from lmproxy.listen.backendconn import BackendConnection, StaleConnection
 
 MAX_IDLE_PER_HOST = 128
 """
@@ -180,9 +181,14 @@ class BackendAgent:
             body,
         )
         idle = self.idle_connection(host, port)
-        if idle is not None:
-            return _exchange(idle, data)
-        return self.new_connection(host, port).addCallback(_exchange, data)
+        if idle is None:
+            return self.new_connection(host, port).addCallback(_exchange, data)
+
+        def again(failure: Failure) -> Deferred[IResponse]:
+            failure.trap(StaleConnection)  # the backend closed it while idle
+            return self.new_connection(host, port).addCallback(_exchange, data)
+
+        return _exchange(idle, data).addErrback(again)
 
     def idle_connection(self, host: str, port: int) -> BackendConnection | None:
         idle = self._pools.get((host, port))

@@ -35,7 +35,7 @@ from twisted.web.http import NO_BODY_CODES, RESPONSES
 
 from lmproxy.interfaces import ILease, ServiceUnavailable
 from lmproxy.listen import cors, forwarderrors
-from lmproxy.listen.backendconn import BackendConnection, HeaderPairs
+from lmproxy.listen.backendconn import BackendConnection, HeaderPairs, StaleConnection
 from lmproxy.listen.backendpool import authority, request_bytes
 from lmproxy.listen.forwarderrors import Answer
 from lmproxy.listen.front import FrontChannel
@@ -267,6 +267,13 @@ class LeanExchange:
         self._finish(self._keep_alive)
 
     def response_never_received(self, reason: Failure) -> None:
+        lease = self._lease
+        if reason.check(StaleConnection) and lease is not None:
+            # The backend closed the kept connection while it was idle: a new one.
+            self._connection = None
+            connecting = self._connections.new_connection(lease.host, lease.port)
+            self._wait(connecting, self._send, self._connect_failed)
+            return
         self._answer(forwarderrors.no_response(self._service, reason.value))  # type: ignore[arg-type]
 
     # --- Flow control and ends (the channel's Exchange) ----------------------------

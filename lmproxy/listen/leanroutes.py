@@ -58,9 +58,11 @@ class LeanRoutes:
     @param paths: the hot paths.
     @param models: the service of each model id, and the C{UseModelName}s.
     @param gate: the port's gate (L{lmproxy.listen.openai.OpenAiApi.gate}).
-    @param max_body_bytes: the port's body limit.
+    @param max_body_bytes: the port's body limit: L{max_body_bytes}.
     @param feedback: the port's loading feedback: a stream that would get
         some is given back to twisted.web, whose routes send it.
+
+    @ivar max_body_bytes: the port's body limit (changed in place on a reload).
     """
 
     def __init__(
@@ -77,7 +79,7 @@ class LeanRoutes:
         self._paths = paths
         self._models = models
         self._gate = gate
-        self._max_body_bytes = max_body_bytes
+        self.max_body_bytes = max_body_bytes
 
     def takes(self, head: RequestHead) -> bool:
         """Whether C{head} is a hot request (see the class)."""
@@ -86,7 +88,7 @@ class LeanRoutes:
             head.method == b"POST"
             and head.path in self._paths
             and head.version == b"HTTP/1.1"
-            and (head.content_length or 0) <= self._max_body_bytes
+            and (head.content_length or 0) <= self.max_body_bytes
             and (expect is None or expect == [b"100-continue"])
             and head.plain_host()
             and self._gate(head) is None

@@ -1,7 +1,8 @@
 """
 Something to show while a model loads (C{OpenAiApi.LoadingFeedback}): a
-streaming request whose service is not running gets its answer's head at
-once, an SSE comment at once and every second while it waits, and, with
+streaming request whose service is not running, or that waits for a turn
+(C{MaxConcurrentRequests}), gets its answer's head at once, an SSE comment
+at once and every second while it waits, and, with
 progress text and for chat completions, a C{chat.completion.chunk} whose
 C{delta.reasoning_content} says how far the start has come; then the model's
 own stream.  Its head can no longer be sent, so an error (a failed start, a
@@ -15,8 +16,8 @@ path gives such requests back to them (L{LoadingFeedback.wanted}).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -27,7 +28,6 @@ from twisted.web.server import Request
 from lmproxy.config import LOADING_FEEDBACK_OFF, LOADING_FEEDBACK_PROGRESS
 from lmproxy.interfaces import (
     IBackends,
-    ILease,
     ServiceState,
     ServiceStatus,
     UnknownService,
@@ -35,6 +35,7 @@ from lmproxy.interfaces import (
 )
 from lmproxy.listen.httpforward import relay, relay_body
 from lmproxy.listen.jsonerrors import encode
+from lmproxy.listen.limits import RequestLimit
 from lmproxy.openai_errors import error_body
 from lmproxy.timers import Timer
 
@@ -45,6 +46,8 @@ PROGRESS_PATHS = frozenset({b"/v1/chat/completions"})
 """The paths whose streams carry progress text (their chunks have C{delta})."""
 
 EVENT_STREAM = b"text/event-stream"
+
+_T = TypeVar("_T")
 
 # How much of a model's answer that is no stream an error event quotes.
 _QUOTED = 500
@@ -63,24 +66,36 @@ class LoadingFeedback:
     @ivar mode: C{LOADING_FEEDBACK_OFF}, C{_COMMENTS} or C{_PROGRESS}.
     """
 
-    def __init__(self, backends: IBackends, clock: IReactorTime, mode: str) -> None:
+    def __init__(
+        self,
+        backends: IBackends,
+        clock: IReactorTime,
+        mode: str,
+        limits: Mapping[str, RequestLimit],
+    ) -> None:
         """
         @param backends: tell whether a service runs, and how far its start is.
         @param clock: paces the comments.
         @param mode: the initial L{mode}.
+        @param limits: the turns of the services that have them (the port's,
+            changed in place on a reload).
         """
         self._backends = backends
         self._clock = clock
         self.mode = mode
+        self._limits = limits
 
     def wanted(self, service: str, streaming: bool) -> bool:
         """
         Whether a request for C{service} may get feedback: it streams, the
-        feedback is on, and its service is not running (a hint: the
-        twisted.web route decides when it asks for the backend).
+        feedback is on, and it would wait: for a turn, or for its service to
+        run (a hint: the twisted.web route decides as it waits).
         """
         if not streaming or self.mode == LOADING_FEEDBACK_OFF:
             return False
+        limit = self._limits.get(service)
+        if limit is not None and limit.taken >= limit.concurrent:
+            return True
         try:
             return self._backends.service_status(service).status != ServiceState.RUNNING
         except UnknownService:  # a reload removed it: the route answers that
@@ -121,18 +136,25 @@ class FeedbackStream:
         self._progress = progress
         self._began = 0.0
         self._tick = Timer(clock)
+        self._for_turn = False
         self.opened = False
 
-    async def wait(self, lease: Deferred[ILease]) -> ILease:
+    async def wait(self, pending: Deferred[_T], for_turn: bool = False) -> _T:
         """
-        Wait for C{lease} (the request's C{IBackends.acquire}), with feedback
-        if it is not there at once.  Cancelling the wait cancels C{lease}
-        and stops the feedback.
+        Wait for C{pending} (the request's turn, or its C{IBackends.acquire}),
+        with feedback if it is not there at once.  Cancelling the wait
+        cancels C{pending} and stops the feedback.
+
+        @param for_turn: whether C{pending} is a turn (L{RequestLimit.take}).
         """
-        if self._on and not lease.called:
-            self._open()
+        if self._on and not pending.called:
+            self._for_turn = for_turn
+            if self.opened:
+                self._send()  # a wait of another kind: say so at once
+            else:
+                self._open()
         try:
-            return await lease
+            return await pending
         finally:
             self._tick.cancel()
 
@@ -152,7 +174,11 @@ class FeedbackStream:
             status = self._backends.service_status(self._service)
         except UnknownService:  # removed by a reload: its wait ends with the reason
             return
-        text = progress_text(status, self._clock.seconds(), self._began)
+        now = self._clock.seconds()
+        if self._for_turn:
+            text = _so_far(f"waiting for a turn of {status.name}", now, self._began)
+        else:
+            text = progress_text(status, now, self._began)
         data = b": lmproxy: %s\n\n" % text.encode("utf-8")
         if self._progress:
             data += b"data: %s\n\n" % encode(self._chunk(text + "\n"))

@@ -31,7 +31,7 @@ from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.http import parse_options_header
 
-from lmproxy.config import DEFAULT_OPENAI_MAX_BODY_BYTES, Config
+from lmproxy.config import Config
 from lmproxy.interfaces import IBackends
 from lmproxy.listen.backendpool import IBackendConnections
 from lmproxy.listen.cors import CorsPolicy, CorsSite
@@ -51,6 +51,7 @@ from lmproxy.listen.modelcontrol import ModelControl
 from lmproxy.listen.modellist import ModelTable, with_model
 from lmproxy.listen.multipart import multipart_field, with_field
 from lmproxy.listen.routeforward import RequestForwarder
+from lmproxy.listen.sites import BodyLimitedSite
 from lmproxy.listen.upstream import UpstreamRoutes
 from lmproxy.logs import log_observer
 from lmproxy.requeststats import RequestStats
@@ -71,7 +72,7 @@ class OpenAiApi:
     @param agent: sends the forwarded requests (in production an C{Agent} with
         a persistent C{HTTPConnectionPool}).
     @param clock: times requests for the log; drives the timeouts of L{site}.
-    @param max_body_bytes: larger request bodies are refused with 413 (by L{site}).
+    @param stats: counts the requests (the management API shows them).
     """
 
     app = JsonErrorsKlein()
@@ -82,13 +83,13 @@ class OpenAiApi:
         config: Config,
         agent: IAgent,
         clock: IReactorTime,
-        max_body_bytes: int = DEFAULT_OPENAI_MAX_BODY_BYTES,
         stats: RequestStats | None = None,
     ) -> None:
         self._backends = backends
         self._agent = agent
         self._clock = clock
-        self._max_body_bytes = max_body_bytes
+        # What holds the body limit, changed in place on a reload: the sites, the hot paths.
+        self._limited: list[BodyLimitedSite | LeanRoutes] = []
         self.models = ModelTable()  # shared with the hot path and the passthrough
         self.limits: dict[str, RequestLimit] = {}  # shared with Forwarding
         self.cors = CorsPolicy()  # shared with the site and Forwarding
@@ -100,11 +101,15 @@ class OpenAiApi:
     def reconfigure(self, config: Config) -> None:
         """
         Follow a reloaded config, from the next request of every connection
-        on (kept-alive ones too): routes, keys, origins and limits.  The
+        on (kept-alive ones too): routes, keys, origins, limits and the
+        body limit (C{MaxRequestBodyBytes}).  The
         objects the site shares are changed in place; a limit that stays is
         resized (its queue keeps its order), one that goes lets its queue in.
         """
         self._keys = KeyCheck(config.openai_api_keys, "OpenAiApi.ApiKeys")
+        self._max_body_bytes = config.openai_max_body_bytes
+        for limited in self._limited:
+            limited.max_body_bytes = self._max_body_bytes
         self.cors.allow(config.openai_allowed_origins)
         self.models.reconfigure(config)
         self._forwarder.feedback.mode = config.openai_loading_feedback
@@ -140,7 +145,9 @@ class OpenAiApi:
         """
         resource = ExactRoutes(self.app, self.app.resource(), self.internal_error)
         if not IBackendConnections.providedBy(self._agent):
-            return CorsSite(resource, self._max_body_bytes, self._clock, self.gate, self.cors)
+            site = CorsSite(resource, self._max_body_bytes, self._clock, self.gate, self.cors)
+            self._limited.append(site)
+            return site
         forwarding = Forwarding(
             self._backends,
             IBackendConnections(self._agent),
@@ -158,9 +165,11 @@ class OpenAiApi:
             self._forwarder.feedback,
         )
         upstream = UpstreamRoutes(forwarding, self.models.services, self.gate)
-        return FrontSite(
+        front = FrontSite(
             resource, self._max_body_bytes, self._clock, self.gate, routes, upstream, self.cors
         )
+        self._limited.extend([front, routes])
+        return front
 
     def json_paths(self) -> frozenset[bytes]:
         """The paths of the routes that take a JSON body (L{json_inference})."""

@@ -68,7 +68,7 @@ class RequestForwarder:
         self._stats = stats
         self._limits = limits
         # Off until the port's reconfigure sets its mode.
-        self.feedback = LoadingFeedback(backends, clock, LOADING_FEEDBACK_OFF)
+        self.feedback = LoadingFeedback(backends, clock, LOADING_FEEDBACK_OFF, limits)
 
     async def route(
         self, request: Request, service: str, model: str, body: bytes, streaming: bool = False
@@ -91,11 +91,9 @@ class RequestForwarder:
         turn = None
         try:
             if limit is not None:
-                turn = await limit.take()
+                turn = await feedback.wait(limit.take(), for_turn=True)
                 tally.turn()
             answer = await self._forward(request, service, body, tally, feedback)
-            if feedback.opened and answer is not None:
-                answer = feedback.error_event(answer)  # its head is sent: the stream ends
         except QueueFull as e:
             answer = forwarderrors.queue_full(service, e).render(request)
         except CancelledError:
@@ -104,6 +102,8 @@ class RequestForwarder:
         finally:
             if turn is not None:
                 turn.done()
+        if feedback.opened and answer is not None:
+            answer = feedback.error_event(answer)  # its head is sent: the stream ends
         tally.done(request.code)
         return answer
 

@@ -144,6 +144,9 @@ class CutTests:
         """The backend closes before its last chunk: the client's does too, without it."""
         self.protocol.dataReceived(CHUNKED + EVENT)
         self.assertCut(EVENT, self.lose_backend(Failure(ConnectionDone())))
+        # Given back at the cut, before the client's connection is gone.
+        self.assertEqual([lease.releases for lease in self.backends.leases], [1])
+        self.assertEqual(self.wire.api.limits["chat"].taken, 0)
         self.client_closes()
         self.assertEqual(self.closes, ["loseConnection"])
         self.assertOver(200, cut=True)
@@ -237,15 +240,16 @@ class TwistedWebCutTests(CutTests, SynchronousTestCase):
 
     def test_counted_at_the_cut(self) -> None:
         """
-        Counted as cut with the backend's code at once, though the lease is
-        held until the client's connection closes (twisted.web would end the
-        body cleanly if the route returned before).
+        Counted as cut with the backend's code, and the lease and the turn
+        given back, at once, though the route waits for the client's
+        connection to close (twisted.web would end the body cleanly if the
+        route returned before).
         """
         self.protocol.dataReceived(CHUNKED + EVENT)
         self.lose_backend(Failure(ConnectionDone()))
         samples: dict[Any, float] = scrape(self.metrics)
         self.assertEqual((samples[answered(200)], samples[CUT_SERIES]), (1, 1))
-        self.assertEqual(self.backends.counts("chat"), (0, 1))
+        self.assertEqual(self.backends.counts("chat"), (0, 0))
         self.client_closes()
         self.assertOver(200, cut=True)
 

@@ -139,6 +139,16 @@ class ProgressTests(FeedbackTestCase):
         self.assertEqual(comments(body), [b": lmproxy: starting chat"])
         self.assertEqual(progress(body), ["starting chat\n"])
 
+    def test_cors_headers(self) -> None:
+        """A page of an allowed origin can read the feedback: lmproxy's CORS headers."""
+        config = evolve(feedback_config(), openai_allowed_origins=("http://ui.example",))
+        wire = Wire(RecordingBackends(config), config=config)
+        wire.channel.dataReceived(post(STREAM, extra=b"Origin: http://ui.example\r\n"))
+        _, headers, _ = wire.response(raw=True)
+        self.assertEqual(headers[b"access-control-allow-origin"], [b"http://ui.example"])
+        self.assertEqual(headers[b"content-type"], [b"text/event-stream"])
+        wire.channel.connectionLost(Failure(ConnectionLost()))
+
     def test_the_whole_stream_parses(self) -> None:
         """Every event of the stream is an SSE comment or a JSON data line, then [DONE]."""
         self.wire.channel.dataReceived(post(STREAM))

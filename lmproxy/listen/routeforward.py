@@ -10,6 +10,8 @@ while a stream waits for its service, the loading feedback
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
@@ -26,7 +28,7 @@ from lmproxy.config import LOADING_FEEDBACK_OFF
 from lmproxy.interfaces import IBackends, ServiceUnavailable
 from lmproxy.listen import forwarderrors
 from lmproxy.listen.httpforward import send
-from lmproxy.listen.limits import QueueFull, RequestLimit
+from lmproxy.listen.limits import QueueFull, RequestLimit, Turn
 from lmproxy.listen.loadingfeedback import FeedbackStream, LoadingFeedback
 from lmproxy.logs import debugging, log_observer
 from lmproxy.requeststats import CLIENT_LEFT, RequestStats, RequestTally
@@ -88,12 +90,20 @@ class RequestForwarder:
         tally = RequestTally(
             self._stats.of(service), model, self._clock.seconds(), queued=limit is not None
         )
-        turn = None
+        turn: Turn | None = None
+
+        def cut() -> None:
+            # The backend cut its answer: counted and its turn given back
+            # now, not once the client's connection is gone (which cancels us).
+            tally.cut(request.code)
+            if turn is not None:
+                turn.done()
+
         try:
             if limit is not None:
                 turn = await feedback.wait(limit.take(), for_turn=True)
                 tally.turn()
-            answer = await self._forward(request, service, body, tally, feedback)
+            answer = await self._forward(request, service, body, tally, feedback, cut)
         except QueueFull as e:
             answer = forwarderrors.queue_full(service, e).render(request)
         except CancelledError:
@@ -114,6 +124,7 @@ class RequestForwarder:
         body: bytes,
         tally: RequestTally,
         feedback: FeedbackStream,
+        cut: Callable[[], None],
     ) -> bytes | None:
         """
         Get a running backend of C{service} and forward the request to it.
@@ -123,7 +134,8 @@ class RequestForwarder:
 
         A failed connection is retried after C{lease.reconnect()} as long as
         the lease allows it (C{ILease.may_reconnect}: once per client), as the
-        TCP listener does.
+        TCP listener does.  C{cut} is called if the backend cuts its answer
+        short; the lease is released then too.
         """
         began = self._clock.seconds()
         try:
@@ -131,6 +143,14 @@ class RequestForwarder:
         except ServiceUnavailable as e:
             return forwarderrors.unavailable(service, e).render(request)
         tally.leased(self._clock.seconds())
+        released = False  # at a cut, before the client's connection is gone
+
+        def cut_short() -> None:
+            nonlocal released
+            cut()
+            lease.release()  # its service may go: the backend is done with it
+            released = True
+
         try:
             while True:
                 try:
@@ -148,8 +168,7 @@ class RequestForwarder:
                     )
                     lease = await lease.reconnect()
             tally.first_byte(self._clock.seconds())
-            # Counted at the cut: the client's connection closes next, which cancels us.
-            await feedback.relay(response, lambda: tally.cut(request.code))
+            await feedback.relay(response, cut_short)
         except ServiceUnavailable as e:
             return forwarderrors.unavailable(service, e).render(request)
         except _CONNECT_ERRORS as e:
@@ -167,7 +186,8 @@ class RequestForwarder:
             return forwarderrors.no_response(service, e).render(request)
         finally:
             # The lease of a failed reconnect() was released by it; release is idempotent.
-            lease.release()
+            if not released:
+                lease.release()
         if debugging():  # a cheap check: building the event costs more
             log.debug(
                 "{method} {path} -> {service}: {code} in {seconds:.3f}s",

@@ -525,10 +525,16 @@ class DashboardBrowserTests(ScriptedBrowserTestCase):
                 "return [arguments[0].scrollWidth, arguments[0].clientWidth];", wrap
             )
             self.assertLessEqual(scroll, client, f"the table scrolls sideways at {width} px")
-            right = wrap.rect["x"] + wrap.rect["width"]
-            for cell in driver.find_elements(By.CSS_SELECTOR, "table.services th, tr.main-row td"):
-                end = cell.rect["x"] + cell.rect["width"]
-                self.assertLessEqual(end, right + 1, f"a cell is cut at {width} px: {cell.text!r}")
+            # One layout, read at once: the page updates itself every second.
+            right, cells = driver.execute_script(
+                "const cells = arguments[0].querySelectorAll("
+                "'table.services th, tr.main-row td');"
+                "return [arguments[0].getBoundingClientRect().right,"
+                " [...cells].map((c) => [c.getBoundingClientRect().right, c.innerText])];",
+                wrap,
+            )
+            for end, text in cells:
+                self.assertLessEqual(end, right + 1, f"a cell is cut at {width} px: {text!r}")
             for label in driver.find_elements(By.CSS_SELECTOR, ".service-name .label"):
                 cut = driver.execute_script(
                     "return arguments[0].scrollWidth > arguments[0].clientWidth;", label

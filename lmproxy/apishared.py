@@ -1,7 +1,8 @@
 """
 What both HTTP APIs (the management API and the OpenAI port) share: open
 Server-Sent Event streams (L{SseStream}: keepalive comments and flow
-control), and actions that go on when their client leaves (L{shielded}).
+control), actions that go on when their client leaves (L{shielded}), and
+the query flags of their actions (L{query_flag}).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 from zope.interface import implementer
 
@@ -20,6 +22,23 @@ from lmproxy.timers import Timer
 
 _log = Logger(observer=log_observer)
 _T = TypeVar("_T")
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def query_flag(request: IRequest, name: str, default: bool) -> bool | None:
+    """
+    The query flag C{name} of C{request} (C{1}/C{0}, C{true}/C{false},
+    C{yes}/C{no}, C{on}/C{off}; its last value), C{default} when it is
+    absent, C{None} when it is none of those.
+    """
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return default
+    value = values[-1].decode("utf-8", "replace").lower()
+    return True if value in _TRUE else False if value in _FALSE else None
 
 
 def sse(event: str, data: str) -> bytes:

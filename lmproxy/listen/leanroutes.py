@@ -107,8 +107,8 @@ class LeanRoutes:
             channel.fall_back(raw)
             return
         assert isinstance(model, str)
-        forwarded_name = self._models.renames.get(service)
-        if forwarded_name is not None and forwarded_name != model:
+        forwarded_name = self._models.renamed(service, model)
+        if forwarded_name is not None:
             body = with_model(document, forwarded_name)
         LeanExchange(self._forwarding, channel, head, body, service, model)
 

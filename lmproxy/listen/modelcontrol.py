@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from lmproxy.apishared import SseStream, shielded
+from lmproxy.apishared import SseStream, query_flag, shielded
 from lmproxy.interfaces import (
     IBackends,
     IStatusObserver,
@@ -40,9 +40,6 @@ from lmproxy.timers import Timer
 
 HEARTBEAT = 15.0
 """Seconds between the keepalive comments of an events stream."""
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 class ModelControl:
@@ -75,7 +72,7 @@ class ModelControl:
         listing = self._models.listing(model)
         if listing is None:
             return model_not_found(request, model)
-        wait = _flag(request, "wait", True)
+        wait = query_flag(request, "wait", True)
         if wait is None:
             return _bad_flag(request, "wait")
         # A client that leaves cancels neither the start nor anyone's wait for it.
@@ -96,7 +93,7 @@ class ModelControl:
         listing = self._models.listing(model)
         if listing is None:
             return model_not_found(request, model)
-        force = _flag(request, "force", False)
+        force = query_flag(request, "force", False)
         if force is None:
             return _bad_flag(request, "force")
         try:
@@ -204,15 +201,6 @@ class ModelEvents(SseStream):
         super().close()
         self._unsubscribe()
         self._flush.cancel()
-
-
-def _flag(request: Request, name: str, default: bool) -> bool | None:
-    """The query flag C{name} (C{1}/C{0}, C{true}/C{false}...), C{None} if malformed."""
-    values = request.args.get(name.encode("ascii"))
-    if not values:
-        return default
-    value = values[-1].decode("utf-8", "replace").lower()
-    return True if value in _TRUE else False if value in _FALSE else None
 
 
 def _bad_flag(request: Request, name: str) -> bytes:

@@ -135,6 +135,14 @@ class ModelTable:
             if service.openai_api and service.use_model_name is not None
         )
 
+    def renamed(self, service: str, model: str) -> str | None:
+        """
+        The name that a body for C{model} forwarded to C{service} must carry
+        instead (its C{UseModelName}), or C{None} when it stays as it is.
+        """
+        name = self.renames.get(service)
+        return None if name == model else name
+
     def listing(self, model: str) -> ListedService | None:
         """The listing of the service of C{model} (an id or an alias), or C{None}."""
         service = self.services.get(model)

@@ -313,8 +313,8 @@ class OpenAiApi:
         service = self.models.services.get(model)
         if service is None:
             return model_not_found(request, model)
-        forwarded_name = self.models.renames.get(service)
-        if forwarded_name is not None and forwarded_name != model:
+        forwarded_name = self.models.renamed(service, model)
+        if forwarded_name is not None:
             body = renamed(forwarded_name)
         return await self._forwarder.route(request, service, model, body, streaming)
 

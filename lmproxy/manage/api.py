@@ -45,7 +45,7 @@ from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter
 
-from lmproxy.apishared import shielded
+from lmproxy.apishared import query_flag, shielded
 from lmproxy.config import Config
 from lmproxy.interfaces import (
     IBackends,
@@ -87,8 +87,6 @@ _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 class _NameConverter(BaseConverter):
@@ -213,7 +211,7 @@ class ManagementApi:
     async def stop(self, request: IRequest, name: str) -> bytes:
         if self._service_json(name) is None:
             return self._unknown(request, name)
-        force = (_arg(request, "force") or "").lower() in _TRUE
+        force = query_flag(request, "force", False) is True  # anything else: no force
         try:
             await shielded(self._backends.stop(name, force))
         except UnknownService:
@@ -225,13 +223,13 @@ class ManagementApi:
 
     @app.route("/reload", methods=["POST"])
     async def reload(self, request: IRequest) -> bytes:
-        raw = (_arg(request, "force") or "0").lower()
-        if raw not in _TRUE | _FALSE:
+        force = query_flag(request, "force", False)
+        if force is None:
             return self._error(request, 400, "force must be 1 or 0 (true or false)")
         if self._reload is None:
             return self._error(request, 503, "this lmproxy cannot reload its config")
         try:
-            outcome = await shielded(self._reload(raw in _TRUE))
+            outcome = await shielded(self._reload(force))
         except ReloadBusy as e:
             return self._error(request, 409, str(e))
         except ReloadRefused as e:
@@ -260,7 +258,7 @@ class ManagementApi:
             tail = read_tail(path, min(lines, MAX_TAIL_LINES))
         except OSError as e:
             return self._error(request, 500, f"cannot read the log file {path}: {e.strerror or e}")
-        if (_arg(request, "follow") or "").lower() not in _TRUE:
+        if query_flag(request, "follow", False) is not True:  # anything else: no follow
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             request.setHeader(b"Cache-Control", b"no-store")
             text = "".join(line + "\n" for line in tail.lines) + tail.partial
